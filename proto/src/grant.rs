@@ -166,7 +166,7 @@ impl Grant {
     }
 
     /// Checks what a signature alone cannot: sizes and an ordered validity window.
-    fn check_shape(&self) -> Result<(), String> {
+    pub(crate) fn check_shape(&self) -> Result<(), String> {
         if self.login.is_empty() || self.login.len() > MAX_LOGIN_LEN {
             return Err(format!("login must be 1 to {MAX_LOGIN_LEN} bytes"));
         }

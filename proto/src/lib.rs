@@ -31,6 +31,9 @@ pub mod token;
 
 mod text;
 
+#[cfg(fuzzing)]
+pub mod fuzzing;
+
 #[cfg(test)]
 mod test_alloc;
 

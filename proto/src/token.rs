@@ -90,7 +90,7 @@ pub struct EnrollmentToken {
 }
 
 impl EnrollmentToken {
-    fn check_shape(&self) -> Result<(), String> {
+    pub(crate) fn check_shape(&self) -> Result<(), String> {
         if self.coordinator_addrs.is_empty() || self.coordinator_addrs.len() > MAX_TOKEN_ADDRS {
             return Err(format!(
                 "needs 1 to {MAX_TOKEN_ADDRS} coordinator addresses"

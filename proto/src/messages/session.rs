@@ -2,7 +2,7 @@
 //!
 //! The client sends [`Open`] first, with the grant; the host verifies it before any process,
 //! PTY or file exists, then answers [`Opened`] or [`Refused`]. After that, data, EOF, resize
-//! and signal messages flow until [`Exited`]. The model is ssh's: a shell is an open with no
+//! and signal messages flow until [`SessionMessage::Exited`]. The model is ssh's: a shell is an open with no
 //! command and a PTY; `exec` is a command with or without one.
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,56 @@
+//! The errors of `mesh-node`.
+
+use std::io;
+use std::path::PathBuf;
+
+/// What went wrong in the peer library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A secret key file can be read by group or others; like OpenSSH, we refuse to use it.
+    #[error(
+        "permissions {mode:04o} for {} are too open: a secret key must be readable only by its owner; run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )]
+    KeyFileTooOpen {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A key file is missing.
+    #[error("no key at {}: {hint}", path.display())]
+    KeyFileMissing {
+        /// Where it was looked for.
+        path: PathBuf,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// Writing a new key would replace an existing one.
+    #[error("{} already exists; refusing to overwrite a key (move it away first)", path.display())]
+    KeyFileExists {
+        /// The existing file.
+        path: PathBuf,
+    },
+    /// A file's content is not what it should be.
+    #[error("{}: {source}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: mesh_proto::Error,
+    },
+    /// An I/O operation failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+}
