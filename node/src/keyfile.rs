@@ -69,6 +69,9 @@ pub fn write_secret_key(path: &Path, key: &SecretKey) -> Result<(), Error> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let temp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    // A temporary file left by a crashed writer with our pid would block create_new forever.
+    // remove_file does not follow symlinks, so this never deletes anything but that entry.
+    let _ = fs::remove_file(&temp);
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
