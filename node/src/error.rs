@@ -42,6 +42,15 @@ pub enum Error {
         #[source]
         source: mesh_proto::Error,
     },
+    /// TLS could not be set up (a key rustls refuses, for example).
+    #[error("TLS setup failed: {0}")]
+    Tls(#[source] rustls::Error),
+    /// The QUIC endpoint could not be set up or could not start a connection.
+    #[error("QUIC: {0}")]
+    Quic(String),
+    /// A QUIC connection failed or was closed.
+    #[error("connection failed: {0}")]
+    Connection(#[source] quinn::ConnectionError),
     /// An I/O operation failed.
     #[error("{what} {}: {source}", path.display())]
     Io {

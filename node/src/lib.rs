@@ -3,12 +3,16 @@
 //! What exists so far:
 //! - [`keyfile`]: secret keys on disk, written 0600 and refused when others can read them.
 //! - [`udp`]: real UDP behind the [`DatagramSocket`](mesh_proto::socket::DatagramSocket) seam.
+//! - [`tls`] and [`endpoint`]: QUIC (quinn) over that seam, TLS 1.3 authenticated by node keys
+//!   presented as raw public keys.
 //!
-//! The QUIC endpoint over that seam, the path socket, hole punching, the relay client, the
+//! The path socket, hole punching, the relay client, the
 //! session host and client and the agent arrive with their issues (see `ARCHITECTURE.md`).
 
+pub mod endpoint;
 pub mod error;
 pub mod keyfile;
+pub mod tls;
 pub mod udp;
 
 pub use error::Error;

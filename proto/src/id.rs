@@ -148,9 +148,14 @@ impl SecretKey {
         self.0.sign(message).to_bytes()
     }
 
+    /// The 32-byte seed, for handing the key to TLS; wiped when dropped.
+    pub fn seed(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.0.to_bytes())
+    }
+
     /// The text stored in a key file: a versioned prefix and the base32 seed, one line.
     pub fn to_file_text(&self) -> Zeroizing<String> {
-        let seed = Zeroizing::new(self.0.to_bytes());
+        let seed = self.seed();
         Zeroizing::new(format!(
             "{SECRET_KEY_PREFIX}{}\n",
             Zeroizing::new(text::encode(seed.as_ref())).as_str()

@@ -1,0 +1,298 @@
+//! The QUIC endpoint every participant runs: quinn over the [`DatagramSocket`] seam, TLS 1.3
+//! with node keys (see [`crate::tls`]).
+//!
+//! quinn never touches a real socket here: it sees an [`AsyncUdpSocket`] that forwards to the
+//! seam, so the same endpoint runs over real UDP, over the path socket, or over the simulator.
+
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use mesh_proto::socket::DatagramSocket;
+use mesh_proto::{NodeId, SecretKey};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, TokioRuntime, UdpPoller};
+
+use crate::error::Error;
+use crate::tls;
+
+/// A connection with no traffic for this long is closed. Keep-alives (a later issue) keep idle
+/// sessions well inside it.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// quinn's view of a [`DatagramSocket`].
+struct SeamSocket(Arc<dyn DatagramSocket>);
+
+impl fmt::Debug for SeamSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SeamSocket").field(&self.0).finish()
+    }
+}
+
+#[derive(Debug)]
+struct SeamPoller(Arc<dyn DatagramSocket>);
+
+impl UdpPoller for SeamPoller {
+    fn poll_writable(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_send_ready(cx)
+    }
+}
+
+impl AsyncUdpSocket for SeamSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        Box::pin(SeamPoller(self.0.clone()))
+    }
+
+    fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        // max_transmit_segments is 1, so quinn never hands us a GSO batch.
+        self.0.try_send_to(transmit.contents, transmit.destination)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let (Some(buf), Some(meta)) = (bufs.first_mut(), meta.first_mut()) else {
+            return Poll::Ready(Ok(0));
+        };
+        match self.0.poll_recv_from(cx, buf) {
+            Poll::Ready(Ok((len, addr))) => {
+                *meta = RecvMeta {
+                    addr,
+                    len,
+                    stride: len,
+                    ecn: None,
+                    dst_ip: None,
+                };
+                Poll::Ready(Ok(1))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        1
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        1
+    }
+}
+
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    // The constant is far below quinn's VarInt limit, so the conversion cannot fail.
+    transport.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
+    Arc::new(transport)
+}
+
+/// A QUIC endpoint identified by a node key.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    inner: quinn::Endpoint,
+    key: SecretKey,
+}
+
+impl Endpoint {
+    /// An endpoint on `socket` that connects as `key` and, if `accept_alpns` is not empty,
+    /// accepts connections for those protocols. Must be called inside a tokio runtime.
+    pub fn new(
+        key: SecretKey,
+        socket: Arc<dyn DatagramSocket>,
+        accept_alpns: &[&[u8]],
+    ) -> Result<Self, Error> {
+        let server = if accept_alpns.is_empty() {
+            None
+        } else {
+            let tls = tls::server_config(&key, accept_alpns)?;
+            let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Quic(e.to_string()))?;
+            let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+            server.transport_config(transport_config());
+            Some(server)
+        };
+        let inner = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            server,
+            Arc::new(SeamSocket(socket)),
+            Arc::new(TokioRuntime),
+        )
+        .map_err(|e| Error::Quic(e.to_string()))?;
+        Ok(Self { inner, key })
+    }
+
+    /// This endpoint's identity.
+    pub fn node_id(&self) -> NodeId {
+        self.key.node_id()
+    }
+
+    /// The socket's local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    /// Connects to the node `expected` at `addr` for protocol `alpn`; fails unless the peer
+    /// proves it holds `expected`'s key.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        expected: NodeId,
+        alpn: &[u8],
+    ) -> Result<Connection, Error> {
+        let tls = tls::client_config(&self.key, expected, alpn)?;
+        let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Quic(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(transport_config());
+        // The server name is unused: identity is the raw key, checked by the verifier.
+        let connecting = self
+            .inner
+            .connect_with(config, addr, "mesh")
+            .map_err(|e| Error::Quic(e.to_string()))?;
+        let inner = connecting.await.map_err(Error::Connection)?;
+        Connection::new(inner)
+    }
+
+    /// The next incoming connection, authenticated; `None` once the endpoint is closed.
+    /// A handshake that fails is reported as an error, and the caller accepts again.
+    pub async fn accept(&self) -> Option<Result<Connection, Error>> {
+        let incoming = self.inner.accept().await?;
+        Some(match incoming.await {
+            Ok(inner) => Connection::new(inner),
+            Err(e) => Err(Error::Connection(e)),
+        })
+    }
+
+    /// Closes every connection and stops accepting.
+    pub fn close(&self) {
+        self.inner.close(0u32.into(), b"endpoint closed");
+    }
+}
+
+/// An authenticated QUIC connection to a known node.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    inner: quinn::Connection,
+    peer: NodeId,
+    alpn: Vec<u8>,
+}
+
+impl Connection {
+    fn new(inner: quinn::Connection) -> Result<Self, Error> {
+        let peer = inner
+            .peer_identity()
+            .and_then(|identity| {
+                identity
+                    .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|keys| keys.first().and_then(|der| tls::node_id_from_spki(der)))
+            .ok_or_else(|| Error::Quic("peer is not authenticated by a node key".into()))?;
+        let alpn = inner
+            .handshake_data()
+            .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|data| data.protocol)
+            .unwrap_or_default();
+        Ok(Self { inner, peer, alpn })
+    }
+
+    /// The peer's identity, proven in the handshake.
+    pub fn peer(&self) -> NodeId {
+        self.peer
+    }
+
+    /// The protocol negotiated.
+    pub fn alpn(&self) -> &[u8] {
+        &self.alpn
+    }
+
+    /// The underlying quinn connection, for opening and accepting streams.
+    pub fn quic(&self) -> &quinn::Connection {
+        &self.inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::udp::UdpSocket;
+    use mesh_proto::messages::SESSION_ALPN;
+
+    fn endpoint(seed: u8, alpns: &[&[u8]]) -> Endpoint {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap());
+        Endpoint::new(SecretKey::from_seed(&[seed; 32]), socket, alpns).unwrap()
+    }
+
+    #[tokio::test]
+    async fn both_sides_learn_the_proven_key_and_streams_flow() {
+        let host = endpoint(1, &[SESSION_ALPN]);
+        let client = endpoint(2, &[]);
+        let host_addr = host.local_addr().unwrap();
+        let server = {
+            let host = host.clone();
+            tokio::spawn(async move {
+                let conn = host.accept().await.unwrap().unwrap();
+                let (mut send, mut recv) = conn.quic().accept_bi().await.unwrap();
+                let got = recv.read_to_end(1024).await.unwrap();
+                send.write_all(&got).await.unwrap();
+                send.finish().unwrap();
+                let _ = conn.quic().closed().await;
+                (conn.peer(), conn.alpn().to_vec())
+            })
+        };
+        let conn = client
+            .connect(host_addr, host.node_id(), SESSION_ALPN)
+            .await
+            .unwrap();
+        assert_eq!(conn.peer(), host.node_id());
+        let (mut send, mut recv) = conn.quic().open_bi().await.unwrap();
+        send.write_all(b"ping").await.unwrap();
+        send.finish().unwrap();
+        assert_eq!(recv.read_to_end(1024).await.unwrap(), b"ping");
+        conn.quic().close(0u32.into(), b"done");
+        let (client_seen, alpn) = server.await.unwrap();
+        assert_eq!(client_seen, client.node_id());
+        assert_eq!(alpn, SESSION_ALPN);
+    }
+
+    #[tokio::test]
+    async fn a_host_with_another_key_is_refused() {
+        let host = endpoint(1, &[SESSION_ALPN]);
+        let client = endpoint(2, &[]);
+        let impostor_expected = SecretKey::from_seed(&[9; 32]).node_id();
+        let host_addr = host.local_addr().unwrap();
+        let accepting = tokio::spawn(async move { host.accept().await.map(|r| r.is_err()) });
+        let err = client
+            .connect(host_addr, impostor_expected, SESSION_ALPN)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("host key mismatch"), "{err}");
+        assert_eq!(
+            accepting.await.unwrap(),
+            Some(true),
+            "the host saw a failed handshake"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unserved_protocol_is_refused() {
+        let host = endpoint(1, &[SESSION_ALPN]);
+        let client = endpoint(2, &[]);
+        let host_addr = host.local_addr().unwrap();
+        let host_id = host.node_id();
+        let _accepting = tokio::spawn(async move { host.accept().await.map(|r| r.is_err()) });
+        let result = client.connect(host_addr, host_id, b"mesh/other/1").await;
+        assert!(result.is_err(), "connected without a shared ALPN");
+    }
+}
