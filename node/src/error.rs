@@ -51,6 +51,12 @@ pub enum Error {
     /// A QUIC connection failed or was closed.
     #[error("connection failed: {0}")]
     Connection(#[source] quinn::ConnectionError),
+    /// A peer sent bytes that are not a valid frame of the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(#[source] mesh_proto::Error),
+    /// A byte stream failed.
+    #[error("stream failed: {0}")]
+    Stream(String),
     /// An I/O operation failed.
     #[error("{what} {}: {source}", path.display())]
     Io {

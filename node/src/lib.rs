@@ -5,13 +5,17 @@
 //! - [`udp`]: real UDP behind the [`DatagramSocket`](mesh_proto::socket::DatagramSocket) seam.
 //! - [`tls`] and [`endpoint`]: QUIC (quinn) over that seam, TLS 1.3 authenticated by node keys
 //!   presented as raw public keys.
+//! - [`framed`]: protocol frames on async byte streams, length-capped before allocating.
+//! - [`session`]: the host's session gate (grant checked before anything starts).
 //!
 //! The path socket, hole punching, the relay client, the
 //! session host and client and the agent arrive with their issues (see `ARCHITECTURE.md`).
 
 pub mod endpoint;
 pub mod error;
+pub mod framed;
 pub mod keyfile;
+pub mod session;
 pub mod tls;
 pub mod udp;
 
