@@ -3,10 +3,12 @@
 //! - [`gate`]: the grant check every session passes before any process, PTY or file exists.
 //! - [`account`]: the account a session runs as and its clean login environment.
 //! - [`privilege`]: the complete, verified privilege drop of the per-session process.
+//! - [`exec`]: running a command without a PTY, streams kept apart, exit status returned.
 //!
-//! Session processes (privilege drop, PTY, exec) and the client side arrive with the rest of
+//! The session process that ties these together, PTY shells, limits and the client side arrive with the rest of
 //! issue #4.
 
 pub mod account;
+pub mod exec;
 pub mod gate;
 pub mod privilege;
