@@ -4,6 +4,7 @@
 //! - [`account`]: the account a session runs as and its clean login environment.
 //! - [`privilege`]: the complete, verified privilege drop of the per-session process.
 //! - [`exec`]: running a command without a PTY, streams kept apart, exit status returned.
+//! - [`pty`]: a shell or command in a real PTY: size, resize, signals, exit status.
 //!
 //! The session process that ties these together, PTY shells, limits and the client side arrive with the rest of
 //! issue #4.
@@ -12,3 +13,4 @@ pub mod account;
 pub mod exec;
 pub mod gate;
 pub mod privilege;
+pub mod pty;
