@@ -3,7 +3,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use mesh_proto::codec::{WireMessage, decode_exact, decode_frame, encode_frame};
-use mesh_proto::messages::{control::ControlMessage, relay::RelayMessage, session::SessionMessage};
+use mesh_proto::messages::{
+    agent::AgentMessage, control::ControlMessage, relay::RelayMessage, session::SessionMessage,
+};
 
 fn check<M: WireMessage + PartialEq + std::fmt::Debug>(data: &[u8]) {
     if let Ok(message) = decode_exact::<M>(data) {
@@ -19,4 +21,5 @@ fuzz_target!(|data: &[u8]| {
     check::<ControlMessage>(data);
     check::<SessionMessage>(data);
     check::<RelayMessage>(data);
+    check::<AgentMessage>(data);
 });

@@ -54,6 +54,9 @@ pub enum Error {
     /// A peer sent bytes that are not a valid frame of the protocol.
     #[error("protocol error: {0}")]
     Protocol(#[source] mesh_proto::Error),
+    /// A session process could not start the session; nothing runs.
+    #[error("session could not start: {0}")]
+    SessionStart(String),
     /// A byte stream failed.
     #[error("stream failed: {0}")]
     Stream(String),

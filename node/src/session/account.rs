@@ -44,6 +44,16 @@ impl Account {
         })
     }
 
+    /// Where a session starts: the home directory, or `/` when it does not exist (as sshd
+    /// does; system accounts such as `nobody` have `/nonexistent`).
+    pub fn working_dir(&self) -> PathBuf {
+        if self.home.is_dir() {
+            self.home.clone()
+        } else {
+            PathBuf::from("/")
+        }
+    }
+
     /// The login shell, or `/bin/sh` when the account names none.
     pub fn shell_or_default(&self) -> PathBuf {
         if self.shell.as_os_str().is_empty() {
@@ -171,6 +181,15 @@ mod tests {
         let env = login_environment(&account(0), None, &[var("TERM", "vt100")]);
         assert_eq!(get(&env, "PATH"), Some(ROOT_PATH));
         assert_eq!(get(&env, "TERM"), None);
+    }
+
+    #[test]
+    fn a_missing_home_starts_in_the_root_directory() {
+        let mut a = account(1000);
+        a.home = "/nonexistent".into();
+        assert_eq!(a.working_dir(), PathBuf::from("/"));
+        a.home = std::env::temp_dir();
+        assert_eq!(a.working_dir(), std::env::temp_dir());
     }
 
     #[test]

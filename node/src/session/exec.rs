@@ -49,7 +49,7 @@ where
         .arg(command)
         .env_clear()
         .envs(env)
-        .current_dir(&account.home)
+        .current_dir(account.working_dir())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

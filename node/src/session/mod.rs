@@ -5,6 +5,8 @@
 //! - [`privilege`]: the complete, verified privilege drop of the per-session process.
 //! - [`exec`]: running a command without a PTY, streams kept apart, exit status returned.
 //! - [`pty`]: a shell or command in a real PTY: size, resize, signals, exit status.
+//! - [`process`]: the per-session process (privilege drop, then exec or PTY) and how the
+//!   agent starts it.
 //!
 //! The session process that ties these together, PTY shells, limits and the client side arrive with the rest of
 //! issue #4.
@@ -13,4 +15,5 @@ pub mod account;
 pub mod exec;
 pub mod gate;
 pub mod privilege;
+pub mod process;
 pub mod pty;

@@ -67,7 +67,7 @@ where
     for (name, value) in env {
         builder.env(name, value);
     }
-    builder.cwd(&account.home);
+    builder.cwd(account.working_dir());
     let child = pair
         .slave
         .spawn_command(builder)

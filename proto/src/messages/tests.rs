@@ -4,6 +4,7 @@ use std::fmt::Debug;
 
 use proptest::prelude::*;
 
+use super::agent::AgentMessage;
 use super::control::ControlMessage;
 use super::relay::RelayMessage;
 use super::session::SessionMessage;
@@ -133,9 +134,11 @@ fn huge_lengths_are_refused_for_every_protocol() {
     huge_frame_lengths_are_refused_before_allocating::<ControlMessage>();
     huge_frame_lengths_are_refused_before_allocating::<SessionMessage>();
     huge_frame_lengths_are_refused_before_allocating::<RelayMessage>();
+    huge_frame_lengths_are_refused_before_allocating::<AgentMessage>();
     huge_inner_lengths_are_refused::<ControlMessage>();
     huge_inner_lengths_are_refused::<SessionMessage>();
     huge_inner_lengths_are_refused::<RelayMessage>();
+    huge_inner_lengths_are_refused::<AgentMessage>();
 }
 
 #[test]
@@ -143,6 +146,7 @@ fn unknown_types_and_versions_are_refused_for_every_protocol() {
     unknown_types_and_versions_are_typed_errors::<ControlMessage>();
     unknown_types_and_versions_are_typed_errors::<SessionMessage>();
     unknown_types_and_versions_are_typed_errors::<RelayMessage>();
+    unknown_types_and_versions_are_typed_errors::<AgentMessage>();
 }
 
 #[test]
@@ -224,10 +228,17 @@ proptest! {
     }
 
     #[test]
+    fn agent_messages_round_trip(m: AgentMessage) {
+        round_trip(&m)?;
+        truncation_is_a_typed_error(&m)?;
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let _ = decode_exact::<ControlMessage>(&bytes);
         let _ = decode_exact::<SessionMessage>(&bytes);
         let _ = decode_exact::<RelayMessage>(&bytes);
+        let _ = decode_exact::<AgentMessage>(&bytes);
         let _ = decode_frame::<SessionMessage>(&bytes);
     }
 }
