@@ -5,6 +5,7 @@
 //! - [`privilege`]: the complete, verified privilege drop of the per-session process.
 //! - [`exec`]: running a command without a PTY, streams kept apart, exit status returned.
 //! - [`pty`]: a shell or command in a real PTY: size, resize, signals, exit status.
+//! - [`host`]: one session per QUIC stream: gate, then a session process, then bytes.
 //! - [`process`]: the per-session process (privilege drop, then exec or PTY) and how the
 //!   agent starts it.
 //!
@@ -14,6 +15,7 @@
 pub mod account;
 pub mod exec;
 pub mod gate;
+pub mod host;
 pub mod privilege;
 pub mod process;
 pub mod pty;

@@ -139,7 +139,7 @@ pub async fn serve_session_on_stdin() -> Result<(), Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use mesh_proto::messages::session::{Data, ExitStatus, SessionMessage};
 
@@ -161,24 +161,30 @@ mod tests {
 
     /// Starts the test binary as a session process (through `env`, so that this
     /// multi-threaded process's own environment is never mutated) and runs `command` as `login`.
-    async fn session(login: &str, command: &str) -> Result<(String, ExitStatus), Error> {
+    pub(crate) fn test_session_program() -> crate::session::host::SessionProgram {
         let exe = std::env::current_exe().unwrap();
-        let marker = format!("{CHILD}=1");
-        let args = [
-            marker.as_str(),
-            exe.to_str().unwrap(),
-            "--exact",
-            CHILD_TEST,
-            "--nocapture",
-        ];
+        crate::session::host::SessionProgram {
+            program: "/usr/bin/env".into(),
+            args: vec![
+                format!("{CHILD}=1"),
+                exe.to_str().unwrap().to_owned(),
+                "--exact".into(),
+                CHILD_TEST.into(),
+                "--nocapture".into(),
+            ],
+        }
+    }
+
+    async fn session(login: &str, command: &str) -> Result<(String, ExitStatus), Error> {
+        let program = test_session_program();
+        let args: Vec<&str> = program.args.iter().map(String::as_str).collect();
         let start = Start {
             login: login.into(),
             command: Some(command.into()),
             pty: None,
             env: vec![],
         };
-        let (mut child, mut socket) =
-            spawn_session_process(Path::new("/usr/bin/env"), &args, start).await?;
+        let (mut child, mut socket) = spawn_session_process(&program.program, &args, start).await?;
         let mut out = Vec::new();
         let mut status = None;
         while let Some(frame) = read_frame::<SessionMessage, _>(&mut socket).await? {
