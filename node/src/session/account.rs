@@ -116,8 +116,21 @@ pub fn login_environment(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The user running the tests, with `/bin/sh` and the temp directory as home, so that
+    /// session tests run anywhere.
+    pub(crate) fn current_user() -> Account {
+        let name = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .unwrap()
+            .unwrap()
+            .name;
+        let mut account = Account::lookup(&name).unwrap();
+        account.shell = "/bin/sh".into();
+        account.home = std::env::temp_dir();
+        account
+    }
 
     fn account(uid: u32) -> Account {
         Account {

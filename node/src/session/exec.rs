@@ -169,16 +169,7 @@ mod tests {
     use super::*;
     use mesh_proto::messages::session::Signal;
 
-    fn me() -> Account {
-        let name = nix::unistd::User::from_uid(nix::unistd::getuid())
-            .unwrap()
-            .unwrap()
-            .name;
-        let mut account = Account::lookup(&name).unwrap();
-        account.shell = "/bin/sh".into();
-        account.home = std::env::temp_dir();
-        account
-    }
+    use crate::session::account::tests::current_user as me;
 
     /// Runs `command` with `stdin` frames and returns (stdout, stderr, status, frames seen).
     async fn run(command: &str, stdin: Vec<SessionMessage>) -> (Vec<u8>, Vec<u8>, ExitStatus) {

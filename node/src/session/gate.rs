@@ -126,7 +126,7 @@ pub fn system_uid(login: &str) -> Option<u32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::Duration;
 
@@ -138,16 +138,17 @@ mod tests {
     use crate::endpoint::Endpoint;
     use crate::udp::UdpSocket;
 
-    const NOW: UnixTime = UnixTime::from_secs(1_800_000_000);
+    pub(crate) const NOW: UnixTime = UnixTime::from_secs(1_800_000_000);
 
-    struct Fixture {
-        ca: CaSigner,
-        host_key: SecretKey,
-        client_key: SecretKey,
-        gate: Gate,
+    /// A test CA, host and client, and a gate for the host at [`NOW`].
+    pub(crate) struct Fixture {
+        pub(crate) ca: CaSigner,
+        pub(crate) host_key: SecretKey,
+        pub(crate) client_key: SecretKey,
+        pub(crate) gate: Gate,
     }
 
-    fn fixture() -> Fixture {
+    pub(crate) fn fixture() -> Fixture {
         let ca = CaSigner::new(SecretKey::from_seed(&[1; 32]));
         let host_key = SecretKey::from_seed(&[2; 32]);
         let gate = Gate {
@@ -164,7 +165,8 @@ mod tests {
         }
     }
 
-    fn grant(f: &Fixture) -> Grant {
+    /// An online exec grant for the fixture's client on its host, as root, valid at [`NOW`].
+    pub(crate) fn grant(f: &Fixture) -> Grant {
         Grant {
             id: GrantId::from_bytes([7; 16]),
             user_id: UserId(1),

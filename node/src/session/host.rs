@@ -111,52 +111,31 @@ impl SessionHost {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    use mesh_proto::grant::{DEFAULT_MAX_SESSION, GrantId, GrantKind, Permissions, UserId};
     use mesh_proto::messages::SESSION_ALPN;
     use mesh_proto::messages::session::{Data, ExitStatus, Open, Stream};
-    use mesh_proto::signed::CaSigner;
-    use mesh_proto::{CaKeySet, Grant, ManualClock, RevocationSet, SecretKey, UnixTime};
 
     use crate::endpoint::Endpoint;
     use crate::framed::read_frame;
+    use crate::session::gate::tests::{Fixture, fixture, grant};
     use crate::session::process::tests::test_session_program;
     use crate::udp::UdpSocket;
 
-    const NOW: UnixTime = UnixTime::from_secs(1_800_000_000);
-
     #[tokio::test]
     async fn a_granted_command_runs_in_a_session_process_over_quic() {
-        let ca = CaSigner::new(SecretKey::from_seed(&[1; 32]));
-        let host_key = SecretKey::from_seed(&[2; 32]);
-        let client_key = SecretKey::from_seed(&[3; 32]);
+        let f = fixture();
         let me = nix::unistd::User::from_uid(nix::unistd::getuid())
             .unwrap()
             .unwrap()
             .name;
-        let gate = Gate {
-            host: host_key.node_id(),
-            ca_keys: CaKeySet::single(ca.public_key()),
-            revocations: RevocationSet::default(),
-            clock: Arc::new(ManualClock::new(NOW)),
-        };
-        let grant = ca
-            .sign_grant(&Grant {
-                id: GrantId::from_bytes([7; 16]),
-                user_id: UserId(1),
-                user_name: "alice".into(),
-                client: client_key.node_id(),
-                host: host_key.node_id(),
-                login: me.clone(),
-                permissions: Permissions::EXEC,
-                temporary: false,
-                kind: GrantKind::Online,
-                not_before: NOW,
-                not_after: NOW.saturating_add(Duration::from_secs(300)),
-                max_session_secs: DEFAULT_MAX_SESSION.as_secs(),
-            })
-            .unwrap();
+        let mut granted = grant(&f);
+        granted.login = me.clone();
+        let Fixture {
+            ca,
+            host_key,
+            client_key,
+            gate,
+        } = f;
+        let grant = ca.sign_grant(&granted).unwrap();
 
         let bind = || Arc::new(UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap());
         let host = Endpoint::new(host_key.clone(), bind(), &[SESSION_ALPN]).unwrap();

@@ -172,16 +172,7 @@ mod tests {
     use mesh_proto::codec::encode_frame;
     use mesh_proto::messages::session::Signal as SignalMessage;
 
-    fn me() -> Account {
-        let name = nix::unistd::User::from_uid(nix::unistd::getuid())
-            .unwrap()
-            .unwrap()
-            .name;
-        let mut account = Account::lookup(&name).unwrap();
-        account.shell = "/bin/sh".into();
-        account.home = std::env::temp_dir();
-        account
-    }
+    use crate::session::account::tests::current_user as me;
 
     fn request(cols: u16, rows: u16) -> PtyRequest {
         PtyRequest {
