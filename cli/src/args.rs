@@ -35,7 +35,10 @@ fn synopsis(root: &mut clap::Command) -> String {
     }
     root.build();
     let mut lines = Vec::new();
-    for sub in root.get_subcommands().filter(|s| s.get_name() != "help") {
+    for sub in root
+        .get_subcommands()
+        .filter(|s| s.get_name() != "help" && !s.is_hide_set())
+    {
         leaves(sub, "mesh", &mut lines);
     }
     format!("Synopsis (global: --home DIR):\n  {}", lines.join("\n  "))
@@ -172,6 +175,10 @@ pub(crate) enum Command {
         /// The port on the host (default 22).
         port: Option<u16>,
     },
+    /// Internal: the per-session process the host agent starts; its stdin is the agent's
+    /// socket. Not for interactive use.
+    #[command(hide = true)]
+    SessionProcess,
     /// Run a standalone relay.
     Relay {
         /// Address to listen on (UDP and TCP).

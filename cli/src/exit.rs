@@ -18,6 +18,10 @@ pub(crate) enum Failure {
         command: &'static str,
         issue: Option<u32>,
     },
+    /// `shell`/`exec` could not connect, were refused, or lost the session: exit 255.
+    Session(String),
+    /// Any other command failed: exit 1.
+    Failed(String),
 }
 
 impl Failure {
@@ -32,6 +36,14 @@ impl Failure {
                 eprintln!("mesh {command}: not built yet ({tracked})");
                 // Exit 2 for every command, ssh-like or not: nothing was attempted.
                 ExitCode::from(USAGE)
+            }
+            Self::Session(message) => {
+                eprintln!("mesh: {message}");
+                ExitCode::from(SSH_LIKE_FAILURE)
+            }
+            Self::Failed(message) => {
+                eprintln!("mesh: {message}");
+                ExitCode::FAILURE
             }
         }
     }

@@ -8,11 +8,15 @@
 
 mod args;
 mod exit;
+mod remote;
+mod terminal;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use args::{Cli, Command, CoordinatorCommand, NodeCommand};
 use exit::Failure;
+use mesh_node::session::host::SessionProgram;
 
 fn main() -> ExitCode {
     let cli = match args::parse(std::env::args_os()) {
@@ -26,6 +30,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    let home = cli.home.clone();
     match cli.command {
         Command::Demo { .. } => Err(not_built("demo", 5)),
         Command::Coordinator(CoordinatorCommand::Init { .. }) => {
@@ -38,11 +43,29 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Err(not_built("coordinator grant", 5))
         }
         Command::Node(NodeCommand::Join(_)) => Err(not_built("node join", 5)),
-        Command::Node(NodeCommand::Run) => Err(not_built("node run", 4)),
+        Command::Node(NodeCommand::Run) => node_run(&home_dir(home)?),
         Command::Login(_) => Err(not_built("login", 5)),
         Command::Hosts(_) => Err(not_built("hosts", 5)),
-        Command::Shell(_) => Err(not_built("shell", 4)),
-        Command::Exec(_) => Err(not_built("exec", 4)),
+        Command::Shell(args) => {
+            logging("warn");
+            let request = remote::Request {
+                target: args.target,
+                command: None,
+                force_pty: false,
+            };
+            remote::run(&ssh_home(home)?, request).map(ExitCode::from)
+        }
+        Command::Exec(args) => {
+            logging("warn");
+            let request = remote::Request {
+                target: args.target,
+                // As ssh: the words are joined with spaces for the remote shell's -c.
+                command: Some(args.command.join(" ")),
+                force_pty: args.tty,
+            };
+            remote::run(&ssh_home(home)?, request).map(ExitCode::from)
+        }
+        Command::SessionProcess => session_process(),
         Command::Path { .. } => Err(not_built("path", 8)),
         Command::Invite(_) => Err(not_built("invite", 5)),
         Command::Host(_) => Err(not_built("host set", 5)),
@@ -65,6 +88,80 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             issue: None,
         }),
     }
+}
+
+/// The home directory: `--home`, else `$MESH_HOME` (both through clap), else `~/.mesh`.
+fn home_dir(home: Option<PathBuf>) -> Result<PathBuf, Failure> {
+    home.or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".mesh")))
+        .ok_or_else(|| Failure::Failed("no home directory: pass --home DIR".into()))
+}
+
+/// [`home_dir`] for `shell` and `exec`, whose failures exit 255.
+fn ssh_home(home: Option<PathBuf>) -> Result<PathBuf, Failure> {
+    home_dir(home).map_err(|f| match f {
+        Failure::Failed(message) => Failure::Session(message),
+        other => other,
+    })
+}
+
+/// Logs to stderr; `RUST_LOG` overrides `default`.
+fn logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// `mesh node run`: the host agent, in the foreground, until SIGTERM or SIGINT.
+fn node_run(home: &std::path::Path) -> Result<ExitCode, Failure> {
+    logging("info");
+    let exe = std::env::current_exe().map_err(|e| {
+        Failure::Failed(format!(
+            "cannot find the mesh binary to start sessions: {e}"
+        ))
+    })?;
+    let program = SessionProgram {
+        program: exe,
+        args: vec!["session-process".into()],
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Failed(format!("cannot start the runtime: {e}")))?;
+    runtime
+        .block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (mut term, mut int) = (
+                signal(SignalKind::terminate()).map_err(|e| e.to_string())?,
+                signal(SignalKind::interrupt()).map_err(|e| e.to_string())?,
+            );
+            let shutdown = async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            };
+            mesh_node::agent::run(home, program, shutdown)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .map_err(Failure::Failed)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The hidden per-session process the agent starts (DESIGN.md, "Sessions").
+fn session_process() -> Result<ExitCode, Failure> {
+    logging("warn");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Failed(format!("cannot start the runtime: {e}")))?;
+    runtime
+        .block_on(mesh_node::session::process::serve_session_on_stdin())
+        .map_err(|e| Failure::Failed(format!("session process: {e}")))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn not_built(command: &'static str, issue: u32) -> Failure {

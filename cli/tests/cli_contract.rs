@@ -86,11 +86,8 @@ fn unbuilt_commands_exit_2_with_one_line_and_no_output() {
             "1h",
         ],
         &["node", "join", "-"],
-        &["node", "run"],
         &["login", "-"],
         &["hosts"],
-        &["shell", "edge-01"],
-        &["exec", "edge-01", "--", "true"],
         &["path", "edge-01"],
         &["invite", "host", "--name", "edge-01"],
         &["invite", "list"],
@@ -113,6 +110,36 @@ fn unbuilt_commands_exit_2_with_one_line_and_no_output() {
         assert_eq!(stderr.lines().count(), 1, "mesh {args:?}: {stderr}");
         assert!(stderr.contains("not built yet"), "mesh {args:?}: {stderr}");
     }
+}
+
+#[test]
+fn shell_and_exec_by_name_need_the_coordinator_and_say_what_works_now() {
+    for args in [
+        &["shell", "edge-01"][..],
+        &["exec", "edge-01", "--", "true"],
+    ] {
+        let out = run_mesh(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(255), "mesh {args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "mesh {args:?}: {stderr}");
+        assert!(stderr.contains("--direct ADDR --grant FILE"), "{stderr}");
+    }
+}
+
+#[test]
+fn an_agent_without_a_trusted_ca_refuses_to_start_with_one_line() {
+    let home = tempfile::tempdir().expect("temp home");
+    let home_arg = home.path().to_str().expect("utf-8 path");
+    let out = run_mesh(&["--home", home_arg, "node", "run"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("trusted_ca_keys"), "{stderr}");
+    std::fs::write(home.path().join("config.toml"), "listen_on = 1\n").expect("config");
+    let out = run_mesh(&["--home", home_arg, "node", "run"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("listen_on"), "unknown key named: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
 #[test]

@@ -21,9 +21,13 @@ use quinn::{AsyncUdpSocket, TokioRuntime, UdpPoller};
 use crate::error::Error;
 use crate::tls;
 
-/// A connection with no traffic for this long is closed. Keep-alives (a later issue) keep idle
-/// sessions well inside it.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection with no traffic for this long is closed. This is how a host learns that a
+/// client vanished without a word (killed, or its network gone): short enough that its
+/// sessions are hung up within seconds, long enough for two lost keep-alives in a row.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(6);
+/// Both ends send a keep-alive after this long without traffic, so an idle but live
+/// connection never reaches [`IDLE_TIMEOUT`]; at most one wakeup per interval when idle.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// quinn's view of a [`DatagramSocket`].
 struct SeamSocket(Arc<dyn DatagramSocket>);
@@ -95,6 +99,7 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     // The constant is far below quinn's VarInt limit, so the conversion cannot fail.
     transport.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
+    transport.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
     Arc::new(transport)
 }
 
@@ -150,7 +155,7 @@ impl Endpoint {
         expected: NodeId,
         alpn: &[u8],
     ) -> Result<Connection, Error> {
-        let tls = tls::client_config(&self.key, expected, alpn)?;
+        let (tls, presented_instead) = tls::client_config(&self.key, expected, alpn)?;
         let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Quic(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(transport_config());
@@ -159,7 +164,15 @@ impl Endpoint {
             .inner
             .connect_with(config, addr, "mesh")
             .map_err(|e| Error::Quic(e.to_string()))?;
-        let inner = connecting.await.map_err(Error::Connection)?;
+        let inner = connecting
+            .await
+            .map_err(|e| match presented_instead.get() {
+                Some(presented) => Error::WrongHostKey {
+                    expected,
+                    presented: *presented,
+                },
+                None => Error::Connection(e),
+            })?;
         Connection::new(inner)
     }
 
@@ -275,9 +288,12 @@ mod tests {
         let err = client
             .connect(host_addr, impostor_expected, SESSION_ALPN)
             .await
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("host key mismatch"), "{err}");
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::WrongHostKey { expected, presented }
+                if expected == impostor_expected && presented == SecretKey::from_seed(&[1; 32]).node_id()),
+            "{err}"
+        );
         assert_eq!(
             accepting.await.unwrap(),
             Some(true),

@@ -51,9 +51,36 @@ pub enum Error {
     /// A QUIC connection failed or was closed.
     #[error("connection failed: {0}")]
     Connection(#[source] quinn::ConnectionError),
+    /// The peer at the address is not the node we meant to reach.
+    #[error("the peer presented key {presented}, not the expected {expected}")]
+    WrongHostKey {
+        /// The key we expected.
+        expected: mesh_proto::NodeId,
+        /// The key it presented.
+        presented: mesh_proto::NodeId,
+    },
     /// A peer sent bytes that are not a valid frame of the protocol.
     #[error("protocol error: {0}")]
     Protocol(#[source] mesh_proto::Error),
+    /// A configuration file is invalid; nothing was started.
+    #[error("{}: {reason}", path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        reason: String,
+    },
+    /// The agent could not listen on its address.
+    #[error(
+        "cannot listen on {addr}: {source} (is another agent running? set listen in config.toml)"
+    )]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
     /// A session process could not start the session; nothing runs.
     #[error("session could not start: {0}")]
     SessionStart(String),

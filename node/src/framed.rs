@@ -13,6 +13,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::error::Error;
 
 /// Reads the next frame, or `None` if the stream ended cleanly before one began.
+///
+/// Not cancel-safe: a frame half-read when the future is dropped is lost. In a `select!` loop,
+/// use a [`FrameReader`].
 pub async fn read_frame<M: WireMessage, R: AsyncRead + Unpin>(
     reader: &mut R,
 ) -> Result<Option<M>, Error> {
@@ -43,6 +46,75 @@ pub async fn read_frame<M: WireMessage, R: AsyncRead + Unpin>(
     M::decode_payload(header.type_code, &payload)
         .map(Some)
         .map_err(Error::Protocol)
+}
+
+/// Reads frames from a stream, cancel-safely: bytes of a partly read frame stay in the reader
+/// when a `select!` drops the future of [`next`](Self::next), and the next call resumes.
+///
+/// It reads exactly the bytes of the current frame (never past its end), and grows its buffer
+/// past the header only after the header's length has passed the protocol's cap.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    reader: R,
+    /// The frame read so far.
+    buf: Vec<u8>,
+    /// Where each read lands before it is appended, so that nothing is in `buf` but bytes.
+    scratch: Box<[u8]>,
+}
+
+/// Largest single read of a [`FrameReader`].
+const READ_SCRATCH: usize = 16 * 1024;
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Reads frames from `reader`.
+    pub fn new(reader: R) -> Self {
+        Self {
+            reader,
+            buf: Vec::with_capacity(FRAME_HEADER_LEN),
+            scratch: vec![0; READ_SCRATCH].into_boxed_slice(),
+        }
+    }
+
+    /// The next frame, or `None` if the stream ended cleanly between frames.
+    pub async fn next<M: WireMessage>(&mut self) -> Result<Option<M>, Error> {
+        loop {
+            let wanted = match self.buf.first_chunk::<FRAME_HEADER_LEN>() {
+                None => FRAME_HEADER_LEN,
+                Some(header) => {
+                    let header = FrameHeader::parse::<M>(header).map_err(Error::Protocol)?;
+                    let total = FRAME_HEADER_LEN + header.payload_len();
+                    if self.buf.len() == total {
+                        let frame = std::mem::take(&mut self.buf);
+                        self.buf.reserve(FRAME_HEADER_LEN);
+                        return M::decode_payload(header.type_code, &frame[FRAME_HEADER_LEN..])
+                            .map(Some)
+                            .map_err(Error::Protocol);
+                    }
+                    total
+                }
+            };
+            let have = self.buf.len();
+            let room = (wanted - have).min(self.scratch.len());
+            // A read that is cancelled has consumed nothing; one that completes is kept at once.
+            let n = self
+                .reader
+                .read(&mut self.scratch[..room])
+                .await
+                .map_err(|e| Error::Stream(e.to_string()))?;
+            self.buf.extend_from_slice(&self.scratch[..n]);
+            if n == 0 {
+                return match have {
+                    0 => Ok(None),
+                    _ => Err(truncated::<M>(wanted, have)),
+                };
+            }
+        }
+    }
+
+    /// The underlying stream.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.reader
+    }
 }
 
 fn truncated<M: WireMessage>(needed: usize, available: usize) -> Error {
@@ -100,6 +172,64 @@ mod tests {
                 .await
                 .unwrap()
                 .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_frame_reader_survives_being_cancelled_mid_frame() {
+        let messages: Vec<SessionMessage> = (0..50u16)
+            .map(|i| {
+                SessionMessage::Resize(WindowSize {
+                    cols: i,
+                    rows: i + 1,
+                })
+            })
+            .collect();
+        let mut bytes = Vec::new();
+        for m in &messages {
+            bytes.extend(encode_frame(m).unwrap());
+        }
+        let (mut a, b) = tokio::io::duplex(1024);
+        // Trickle the bytes one at a time so that most polls end mid-frame.
+        tokio::spawn(async move {
+            for byte in bytes {
+                a.write_all(&[byte]).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        });
+        let mut reader = FrameReader::new(b);
+        let mut got = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                // Cancels the read at every yield of the writer.
+                () = tokio::task::yield_now() => {}
+                frame = reader.next::<SessionMessage>() => match frame.unwrap() {
+                    Some(m) => got.push(m),
+                    None => break,
+                },
+            }
+        }
+        assert_eq!(got, messages);
+    }
+
+    #[tokio::test]
+    async fn a_frame_reader_refuses_a_huge_length_and_reports_truncation() {
+        let mut reader = FrameReader::new(&[1u8, 0, 4, 0xff, 0xff, 0xff, 0xff][..]);
+        let err = reader.next::<SessionMessage>().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Protocol(mesh_proto::Error::FrameTooLarge { .. })
+            ),
+            "{err}"
+        );
+        let frame = encode_frame(&SessionMessage::Resize(WindowSize { cols: 1, rows: 2 })).unwrap();
+        let mut reader = FrameReader::new(&frame[..frame.len() - 1]);
+        let err = reader.next::<SessionMessage>().await.unwrap_err();
+        assert!(
+            matches!(err, Error::Protocol(mesh_proto::Error::Truncated { .. })),
+            "{err}"
         );
     }
 

@@ -11,6 +11,7 @@
 //! The path socket, hole punching, the relay client, the
 //! session host and client and the agent arrive with their issues (see `ARCHITECTURE.md`).
 
+pub mod agent;
 pub mod endpoint;
 pub mod error;
 pub mod framed;

@@ -7,7 +7,7 @@
 //! keep the peer-identity parsing to one fixed 44-byte encoding, with no X.509 parser between
 //! an attacker and the key comparison.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use mesh_proto::{NodeId, SecretKey};
 use rustls::client::AlwaysResolvesClientRawPublicKeys;
@@ -86,6 +86,9 @@ fn identity_error(message: String) -> rustls::Error {
 struct ExpectedHost {
     expected: NodeId,
     algorithms: WebPkiSupportedAlgorithms,
+    /// The key a mismatching peer presented, so the caller can say which (TLS only carries
+    /// an alert code back).
+    presented_instead: Arc<OnceLock<NodeId>>,
 }
 
 impl ServerCertVerifier for ExpectedHost {
@@ -101,10 +104,13 @@ impl ServerCertVerifier for ExpectedHost {
             Some(presented) if presented == self.expected && intermediates.is_empty() => {
                 Ok(ServerCertVerified::assertion())
             }
-            Some(presented) => Err(identity_error(format!(
-                "host key mismatch: expected {}, the peer is {}",
-                self.expected, presented
-            ))),
+            Some(presented) => {
+                let _ = self.presented_instead.set(presented);
+                Err(identity_error(format!(
+                    "host key mismatch: expected {}, the peer is {}",
+                    self.expected, presented
+                )))
+            }
             None => Err(identity_error("peer presented no ed25519 node key".into())),
         }
     }
@@ -204,17 +210,20 @@ pub fn server_config(key: &SecretKey, alpns: &[&[u8]]) -> Result<rustls::ServerC
     Ok(config)
 }
 
-/// TLS for connecting as `key` to the node `expected`, asking for `alpn`.
+/// TLS for connecting as `key` to the node `expected`, asking for `alpn`. The returned cell
+/// holds the key the peer presented if it was not `expected`.
 pub fn client_config(
     key: &SecretKey,
     expected: NodeId,
     alpn: &[u8],
-) -> Result<rustls::ClientConfig, Error> {
+) -> Result<(rustls::ClientConfig, Arc<OnceLock<NodeId>>), Error> {
     let provider = provider();
     let certified = certified_key(key, &provider)?;
+    let presented_instead = Arc::new(OnceLock::new());
     let verifier = Arc::new(ExpectedHost {
         expected,
         algorithms: provider.signature_verification_algorithms,
+        presented_instead: presented_instead.clone(),
     });
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -223,7 +232,7 @@ pub fn client_config(
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(AlwaysResolvesClientRawPublicKeys::new(certified)));
     config.alpn_protocols = vec![alpn.to_vec()];
-    Ok(config)
+    Ok((config, presented_instead))
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //!   clock-skew tolerance.
 //! - [`signed`]: the signed envelope shared by every CA-signed object, with a domain-separation
 //!   context per type, and the set of pinned CA keys a verifier trusts.
-//! - [`grant`], [`token`], [`revocation`]: the signed objects of the trust model and their checks.
+//! - [`grant`], [`token`], [`revocation`]: the signed objects of the trust model and their checks;
+//!   [`grant_file`]: a grant's text form, as a client keeps it.
 //! - [`codec`] and [`messages`]: versioned, length-capped frames for the control, session and relay
 //!   protocols.
 //! - [`socket`]: the datagram-socket seam that real UDP (in `mesh-node`) and the simulator (in
@@ -21,6 +22,7 @@ mod random_id;
 pub mod codec;
 pub mod error;
 pub mod grant;
+pub mod grant_file;
 pub mod id;
 pub mod messages;
 pub mod revocation;

@@ -31,6 +31,31 @@ pub(crate) const fn encoded_len(bytes: usize) -> usize {
     (bytes * 8).div_ceil(5)
 }
 
+/// Decodes `<prefix><base32>` text (a token, a grant file) into bytes, ignoring case and
+/// whitespace; `max_bytes` bounds the decoded size, and the text length is checked against it
+/// before anything is copied.
+pub(crate) fn decode_prefixed(
+    prefix: &str,
+    max_bytes: usize,
+    text: &str,
+) -> Result<Vec<u8>, String> {
+    // Generous room for whitespace (line wrapping, indentation) around the base32.
+    let limit = 2 * (prefix.len() + encoded_len(max_bytes));
+    if text.len() > limit {
+        return Err(format!(
+            "{} characters is longer than any {prefix} text",
+            text.len()
+        ));
+    }
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    match compact.get(..prefix.len()) {
+        Some(head) if head.eq_ignore_ascii_case(prefix) => decode(&compact[prefix.len()..]),
+        _ => Err(format!(
+            "does not start with {prefix:?}; copy the whole text"
+        )),
+    }
+}
+
 /// Parses exactly `N` bytes written as `2 * N` hex digits (either case).
 pub(crate) fn decode_hex<const N: usize>(
     what: &'static str,

@@ -4,6 +4,8 @@
 //! in `cli/tests/` and use this library too. Because `mesh-cli` has integration tests, cargo
 //! builds the `mesh` binary whenever the workspace's tests are built, so it is there to find.
 
+pub mod hosts;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 

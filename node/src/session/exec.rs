@@ -5,6 +5,9 @@
 //! This runs inside the per-session process, after [`become_account`](super::privilege): it
 //! spawns as whoever it already is. Output is read in chunks and each chunk is written out
 //! before the next is read, so a slow reader slows the command instead of growing memory.
+//!
+//! The command leads a Unix session of its own. When it ends, or when the agent closes the
+//! session (the client vanished, or a limit), everything left in that session is hung up.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
@@ -12,10 +15,12 @@ use std::process::Stdio;
 use mesh_proto::messages::session::{
     Data, Eof, ExitStatus, MAX_DATA_CHUNK, SessionMessage, Stream,
 };
+use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 
 use super::account::Account;
+use super::hangup::{HANGUP_GRACE, hang_up};
 use crate::error::Error;
 use crate::framed::{read_frame, write_frame};
 
@@ -44,7 +49,8 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut child = Command::new(account.shell_or_default())
+    let mut builder = Command::new(account.shell_or_default());
+    builder
         .arg("-c")
         .arg(command)
         .env_clear()
@@ -53,15 +59,44 @@ where
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| io_error("cannot start", e))?;
+        .kill_on_drop(true);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent. A session of
+    // its own lets the hangup find everything the command starts (see `hangup`).
+    unsafe {
+        builder.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = builder.spawn().map_err(|e| io_error("cannot start", e))?;
+    let sid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .map(Pid::from_raw)
+        .ok_or_else(|| Error::Stream("the command has no pid".into()))?;
+    let result = serve_exec(&mut child, sid, input, output).await;
+    // Whatever ended the session, nothing it started outlives it.
+    hang_up(sid, HANGUP_GRACE).await;
+    result
+}
+
+/// Carries one running command's streams until its output ends, then reports its status.
+async fn serve_exec<R, W>(
+    child: &mut Child,
+    sid: Pid,
+    input: &mut R,
+    output: &mut W,
+) -> Result<ExitStatus, Error>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let (Some(stdin), Some(mut stdout), Some(mut stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
         return Err(Error::Stream("child pipes missing".into()));
     };
-    let pid = child.id();
     // Input and output run concurrently: writing stdin must never wait on a loop that is
     // also the only reader of stdout, or `cat` with a full pipe deadlocks both.
     let output_side = async {
@@ -101,12 +136,9 @@ where
                     stream: Stream::Stdin,
                 })) => stdin = None,
                 Some(SessionMessage::Signal(signal)) => {
-                    let target = pid.and_then(|p| i32::try_from(p).ok());
-                    if let (Some(pid), Ok(signal)) =
-                        (target, nix::sys::signal::Signal::try_from(signal.number))
-                    {
+                    if let Ok(signal) = nix::sys::signal::Signal::try_from(signal.number) {
                         // Best effort, as ssh's signal request: the command may be gone.
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+                        let _ = nix::sys::signal::kill(sid, signal);
                     }
                 }
                 Some(other) => {
@@ -114,8 +146,12 @@ where
                         "unexpected client message {other:?}"
                     )));
                 }
-                // The client finished sending: close stdin and let the command run out.
-                None => return Ok(()),
+                // The agent closed the session (client gone, or a limit): hang up now; the
+                // output side then ends as the processes do.
+                None => {
+                    tokio::spawn(hang_up(sid, HANGUP_GRACE));
+                    return Ok(());
+                }
             }
         }
     };
@@ -180,10 +216,13 @@ mod tests {
         let (mut host_out, mut client_in) = tokio::io::duplex(1 << 20);
         let account = me();
         let env = vec![("PATH".to_owned(), "/usr/bin:/bin".to_owned())];
-        let status = run_exec(&account, command, env, &mut input.as_slice(), &mut host_out)
+        // The input stays open until the command ends: a closed input means the client is gone.
+        let (mut client_out, mut host_in) = tokio::io::duplex(1 << 20);
+        client_out.write_all(&input).await.unwrap();
+        let status = run_exec(&account, command, env, &mut host_in, &mut host_out)
             .await
             .unwrap();
-        drop(host_out);
+        drop((host_out, client_out));
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let mut exited = None;
         while let Some(frame) = read_frame::<SessionMessage, _>(&mut client_in)

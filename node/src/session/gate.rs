@@ -12,7 +12,7 @@ use mesh_proto::{CaKeySet, Clock, NodeId, RevocationSet};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::error::Error;
-use crate::framed::{read_frame, write_frame};
+use crate::framed::{FrameReader, write_frame};
 
 /// `(uid_t)-1` is never a real account's uid (`setreuid` reads it as "unchanged"), so a login
 /// name that does not exist here is checked as this uid and matches no grant.
@@ -86,7 +86,7 @@ impl Gate {
     /// sends [`Refused`] with the reason, finishes the stream and returns `Ok(None)`.
     pub async fn admit<R, W>(
         &self,
-        recv: &mut R,
+        recv: &mut FrameReader<R>,
         send: &mut W,
         client: NodeId,
         resolve_uid: &(dyn Fn(&str) -> Option<u32> + Sync),
@@ -95,7 +95,7 @@ impl Gate {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let open = match read_frame::<SessionMessage, _>(recv).await? {
+        let open = match recv.next::<SessionMessage>().await? {
             Some(SessionMessage::Open(open)) => open,
             Some(other) => {
                 return Err(Error::Stream(format!(
@@ -209,7 +209,12 @@ pub(crate) mod tests {
             let conn = host.accept().await.unwrap().unwrap();
             let (mut send, mut recv) = conn.quic().accept_bi().await.unwrap();
             let admitted = gate
-                .admit(&mut recv, &mut send, conn.peer(), &system_uid)
+                .admit(
+                    &mut FrameReader::new(&mut recv),
+                    &mut send,
+                    conn.peer(),
+                    &system_uid,
+                )
                 .await
                 .unwrap();
             // Stands in for the session, which answers Opened: end the stream either way.
@@ -226,7 +231,9 @@ pub(crate) mod tests {
             .await
             .unwrap();
         send.finish().unwrap();
-        let reply = read_frame::<SessionMessage, _>(&mut recv).await.unwrap();
+        let reply = crate::framed::read_frame::<SessionMessage, _>(&mut recv)
+            .await
+            .unwrap();
         conn.quic().close(0u32.into(), b"done");
         (host_side.await.unwrap(), reply)
     }

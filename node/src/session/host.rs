@@ -1,23 +1,66 @@
-//! The host side of sessions: each QUIC stream on a session connection is one session. The
-//! grant is checked at the [`Gate`]; only then is a per-session process started, and the
-//! stream's bytes are copied to and from its socket unchanged.
+//! The host side of sessions: each QUIC stream on a session connection is one session.
 //!
-//! Not yet here (rest of issue #4): limits, idle timeout, and hanging up a vanished client's
-//! session (SIGHUP, then SIGKILL); dropping the stream today kills only the session process.
+//! Order matters and is the point of this module: the grant is checked at the [`Gate`], then
+//! the host's own policy (allowed logins) and its [limits](super::limits); only then does the
+//! [`SessionBackend`] start anything. Once running, the host relays whole frames between the
+//! client's stream and the session, which lets it watch for idleness, end a session at its
+//! deadline with a [`Closed`] reason, and refuse messages a client must not send. When the
+//! client goes away, or a limit ends the session, the host closes its side of the session's
+//! link, and the backend hangs the session's processes up.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use mesh_proto::NodeId;
 use mesh_proto::messages::agent::Start;
-use mesh_proto::messages::session::{LoginRequest, Opened, Refusal, Refused, SessionMessage};
-use tokio::io::AsyncWriteExt;
+use mesh_proto::messages::session::{
+    Closed, Data, Eof, LoginRequest, Open, Opened, Refusal, Refused, SessionMessage, Stream,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
-use super::gate::{Gate, system_uid};
+use super::gate::{Authorized, Gate, system_uid};
+use super::hangup::HANGUP_GRACE;
+use super::limits::{SessionCounter, SessionEnd, session_deadline};
 use super::process::spawn_session_process;
 use crate::endpoint::Connection;
 use crate::error::Error;
-use crate::framed::write_frame;
+use crate::framed::{FrameReader, write_frame};
+
+/// A started session as the host sees it: a link carrying session frames both ways, and a
+/// future that completes once everything the session ran is gone.
+pub struct BackendSession<Io> {
+    /// Session frames to and from the session (the client's, relayed).
+    pub link: Io,
+    /// Completes when the session's processes have ended. Closing the link's write side asks
+    /// the session to hang up.
+    pub ended: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl<Io> std::fmt::Debug for BackendSession<Io> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendSession").finish_non_exhaustive()
+    }
+}
+
+/// What runs sessions: per-session processes with real PTYs ([`ProcessBackend`]) on real
+/// hosts; an in-process backend in the simulator, where thousands of sessions share one
+/// runtime.
+pub trait SessionBackend: Send + Sync + 'static {
+    /// The link to a running session.
+    type Link: AsyncRead + AsyncWrite + Send + Unpin + 'static;
+
+    /// Starts the session `start` describes (the grant and limits are already checked), or
+    /// says in one line why it could not.
+    fn start(
+        &self,
+        start: Start,
+    ) -> impl Future<Output = Result<BackendSession<Self::Link>, String>> + Send;
+}
 
 /// How to start a per-session process: the `mesh` binary and the arguments of its
 /// session-process entry point.
@@ -29,42 +72,123 @@ pub struct SessionProgram {
     pub args: Vec<String>,
 }
 
+/// Sessions as per-session processes (DESIGN.md, "Sessions").
+#[derive(Debug, Clone)]
+pub struct ProcessBackend {
+    program: SessionProgram,
+}
+
+impl ProcessBackend {
+    /// Starts sessions with `program`.
+    pub fn new(program: SessionProgram) -> Self {
+        Self { program }
+    }
+}
+
+/// How long a session process may take to exit once hung up before it is killed: the grace
+/// its own processes get, and a margin for it to report.
+const SESSION_PROCESS_EXIT: Duration = Duration::from_secs(HANGUP_GRACE.as_secs() + 3);
+
+impl SessionBackend for ProcessBackend {
+    type Link = tokio::net::UnixStream;
+
+    async fn start(&self, start: Start) -> Result<BackendSession<Self::Link>, String> {
+        let args: Vec<&str> = self.program.args.iter().map(String::as_str).collect();
+        let (mut child, socket) = spawn_session_process(&self.program.program, &args, start)
+            .await
+            .map_err(|e| e.to_string())?;
+        let ended = Box::pin(async move {
+            // The session process hangs its processes up and exits when its socket closes;
+            // kill it only if it does not.
+            if tokio::time::timeout(SESSION_PROCESS_EXIT, child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        });
+        Ok(BackendSession {
+            link: socket,
+            ended,
+        })
+    }
+}
+
+/// The host's policy on which accounts sessions may run as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginPolicy {
+    /// Any account a grant names (an agent running as root).
+    Any,
+    /// Only these accounts (`allowed_logins`, or the agent's own account when it is not root).
+    Only(Vec<String>),
+}
+
+impl LoginPolicy {
+    fn allows(&self, login: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Only(logins) => logins.iter().any(|l| l == login),
+        }
+    }
+}
+
+/// Everything the host decides sessions by, besides the grant.
+#[derive(Debug)]
+pub struct HostPolicy {
+    /// Which accounts.
+    pub logins: LoginPolicy,
+    /// The shell for accounts that name none.
+    pub default_shell: Option<String>,
+    /// Counting against the limits.
+    pub counter: Arc<SessionCounter>,
+}
+
 /// Serves sessions on authenticated connections.
 #[derive(Debug)]
-pub struct SessionHost {
+pub struct SessionHost<B> {
     gate: Gate,
-    program: SessionProgram,
+    policy: HostPolicy,
+    backend: B,
     next_session_id: AtomicU64,
 }
 
-impl SessionHost {
-    /// A host that checks grants with `gate` and starts sessions with `program`.
-    pub fn new(gate: Gate, program: SessionProgram) -> Arc<Self> {
+impl<B: SessionBackend> SessionHost<B> {
+    /// A host that checks grants with `gate`, decides by `policy` and starts sessions with
+    /// `backend`.
+    pub fn new(gate: Gate, policy: HostPolicy, backend: B) -> Arc<Self> {
         Arc::new(Self {
             gate,
-            program,
+            policy,
+            backend,
             next_session_id: AtomicU64::new(1),
         })
     }
 
     /// Serves every session stream the client opens on `conn`, until it closes.
     pub async fn serve_connection(self: Arc<Self>, conn: Connection) {
+        let client = conn.peer();
         while let Ok((send, recv)) = conn.quic().accept_bi().await {
             let host = self.clone();
-            let client = conn.peer();
             tokio::spawn(async move {
-                // A failed session has already told its client what it could; nothing to add.
-                let _ = host.serve_stream(send, recv, client).await;
+                if let Err(e) = host.serve_stream(send, recv, client).await {
+                    tracing::info!(client = %client.short(), "session ended with an error: {e}");
+                }
             });
         }
     }
 
-    async fn serve_stream(
+    /// One session: gate, policy and limits, start, relay, end.
+    pub async fn serve_stream<S, R>(
         &self,
-        mut send: quinn::SendStream,
-        mut recv: quinn::RecvStream,
-        client: mesh_proto::NodeId,
-    ) -> Result<(), Error> {
+        mut send: S,
+        recv: R,
+        client: NodeId,
+    ) -> Result<(), Error>
+    where
+        S: AsyncWrite + Send + Unpin,
+        R: AsyncRead + Send + Unpin,
+    {
+        let mut recv = FrameReader::new(recv);
         let Some((open, authorized)) = self
             .gate
             .admit(&mut recv, &mut send, client, &system_uid)
@@ -72,40 +196,248 @@ impl SessionHost {
         else {
             return Ok(());
         };
-        let refuse = |reason: String| {
-            SessionMessage::Refused(Refused {
-                reason: Refusal::Host(reason),
-            })
+        let grant = &authorized.grant.grant;
+        let (start, slot) = match self.decide(&open, &authorized) {
+            Ok(decided) => decided,
+            Err(reason) => {
+                tracing::info!(client = %client.short(), user = %grant.user_name, "refused: {reason}");
+                let refused = SessionMessage::Refused(Refused {
+                    reason: Refusal::Host(reason),
+                });
+                write_frame(&mut send, &refused).await?;
+                let _ = send.shutdown().await;
+                return Ok(());
+            }
         };
-        let (LoginRequest::Named(_), Some((login, _))) = (&open.login, authorized.login) else {
-            let reason = "temporary accounts are not built yet (issue #6)".to_owned();
-            write_frame(&mut send, &refuse(reason)).await?;
-            return Ok(());
+        let login = start.login.clone();
+        let session = match self.backend.start(start).await {
+            Ok(session) => session,
+            Err(reason) => {
+                let refused = SessionMessage::Refused(Refused {
+                    reason: Refusal::Host(reason),
+                });
+                write_frame(&mut send, &refused).await?;
+                let _ = send.shutdown().await;
+                return Ok(());
+            }
         };
-        let start = Start {
-            login,
-            command: open.command,
-            pty: open.pty,
-            env: open.env,
-        };
-        let args: Vec<&str> = self.program.args.iter().map(String::as_str).collect();
-        let (mut child, mut socket) =
-            match spawn_session_process(&self.program.program, &args, start).await {
-                Ok(started) => started,
-                Err(e) => {
-                    write_frame(&mut send, &refuse(e.to_string())).await?;
-                    return Ok(());
-                }
-            };
         let session_id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(session_id, client = %client.short(), user = %grant.user_name, %login, "session started");
         write_frame(&mut send, &SessionMessage::Opened(Opened { session_id })).await?;
-        let mut stream = tokio::io::join(recv, send);
-        let copied = tokio::io::copy_bidirectional(&mut stream, &mut socket).await;
-        let _ = stream.shutdown().await;
-        // The session process exits after its program; reap it.
-        let _ = child.wait().await;
-        copied.map(|_| ()).map_err(|e| Error::Stream(e.to_string()))
+        let limits = *self.policy.counter.limits();
+        let grant_max = grant.max_session();
+        let deadline = |started, last| session_deadline(&limits, grant_max, started, last);
+        let BackendSession { link, ended } = session;
+        let outcome = relay(&mut recv, &mut send, link, deadline).await;
+        ended.await;
+        drop(slot);
+        let _ = send.shutdown().await;
+        tracing::info!(session_id, "session ended: {outcome:?}");
+        outcome.map(|_| ())
     }
+
+    /// The host's own checks after the grant's: the login, then the limits. Returns what to
+    /// start and the session's slot, or the one-line reason for the client.
+    fn decide(
+        &self,
+        open: &Open,
+        authorized: &Authorized,
+    ) -> Result<(Start, super::limits::SessionSlot), String> {
+        let grant = &authorized.grant.grant;
+        let (LoginRequest::Named(_), Some((login, _))) = (&open.login, &authorized.login) else {
+            return Err("temporary accounts are not built yet (issue #6)".to_owned());
+        };
+        if !self.policy.logins.allows(login) {
+            return Err(format!(
+                "login {login:?} is not allowed on this host (allowed_logins in its config.toml)"
+            ));
+        }
+        let slot = self
+            .policy
+            .counter
+            .try_admit(grant.user_id, &grant.user_name)
+            .map_err(|limit| limit.to_string())?;
+        let start = Start {
+            login: login.clone(),
+            command: open.command.clone(),
+            pty: open.pty.clone(),
+            env: open.env.clone(),
+            default_shell: self.policy.default_shell.clone(),
+        };
+        Ok((start, slot))
+    }
+}
+
+/// How a relayed session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// The session's program ended and everything it said reached the client.
+    Finished,
+    /// The client went away (or broke the protocol); the session was hung up.
+    ClientGone,
+    /// The host ended it at a limit.
+    Ended(SessionEnd),
+}
+
+/// Relays frames between the client's stream and the session's link until the session's side
+/// ends, ending it early when the client goes away or `deadline(started, last_activity)`
+/// passes.
+///
+/// The two directions run concurrently, each with its own backpressure, as ssh's channels
+/// have their own windows: a command that neither reads its stdin nor stops writing must not
+/// stall either direction behind the other.
+async fn relay<C, S, L>(
+    client_recv: &mut FrameReader<C>,
+    client_send: &mut S,
+    link: L,
+    deadline: impl Fn(Instant, Instant) -> (Instant, SessionEnd),
+) -> Result<RelayEnd, Error>
+where
+    C: AsyncRead + Unpin,
+    S: AsyncWrite + Unpin,
+    L: AsyncRead + AsyncWrite + Unpin,
+{
+    let (link_read, mut link_write) = tokio::io::split(link);
+    let mut from_session = FrameReader::new(link_read);
+    let started = Instant::now();
+    let activity = Activity::new(started);
+    let end = std::sync::Mutex::new(None::<RelayEnd>);
+    let set_end = |why: RelayEnd| {
+        let mut end = end
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        end.get_or_insert(why);
+    };
+    // Tells the upstream half to stop and hang the session up.
+    let hang_up = tokio::sync::Notify::new();
+    // Tells the downstream half that the client is gone, so the session must end soon.
+    let client_gone = tokio::sync::Notify::new();
+
+    let upstream = async {
+        loop {
+            let frame = tokio::select! {
+                biased;
+                () = hang_up.notified() => break,
+                frame = client_recv.next::<SessionMessage>() => frame,
+            };
+            match frame {
+                Ok(Some(message)) if is_client_message(&message) => {
+                    if matches!(message, SessionMessage::Data(_)) {
+                        activity.touch();
+                    }
+                    tokio::select! {
+                        biased;
+                        () = hang_up.notified() => break,
+                        written = write_frame(&mut link_write, &message) => {
+                            if written.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                // The stream ended, failed, or carried what a client must not send.
+                _ => {
+                    set_end(RelayEnd::ClientGone);
+                    client_gone.notify_one();
+                    break;
+                }
+            }
+        }
+        // Closing our side asks the session to hang up; after a normal end it is a no-op.
+        let _ = link_write.shutdown().await;
+    };
+
+    let downstream = async {
+        // Set once the session is being hung up: how long it has left to end on its own.
+        let mut drain_until: Option<Instant> = None;
+        let result = loop {
+            let (at, why) = deadline(started, activity.last());
+            let give_up = drain_until.unwrap_or(at);
+            tokio::select! {
+                biased;
+                frame = from_session.next::<SessionMessage>() => match frame {
+                    Ok(Some(message)) => {
+                        if matches!(message, SessionMessage::Data(_)) {
+                            activity.touch();
+                        }
+                        let client_there = !matches!(
+                            *end.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+                            Some(RelayEnd::ClientGone)
+                        );
+                        if client_there && write_frame(client_send, &message).await.is_err() {
+                            set_end(RelayEnd::ClientGone);
+                            hang_up.notify_one();
+                            drain_until.get_or_insert(Instant::now() + SESSION_PROCESS_EXIT);
+                        }
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                },
+                () = client_gone.notified(), if drain_until.is_none() => {
+                    drain_until = Some(Instant::now() + SESSION_PROCESS_EXIT);
+                }
+                () = tokio::time::sleep_until(at), if drain_until.is_none() => {
+                    // Activity may have moved the deadline since this sleep began.
+                    if Instant::now() >= deadline(started, activity.last()).0 {
+                        drain_until = Some(Instant::now() + SESSION_PROCESS_EXIT);
+                        set_end(RelayEnd::Ended(why));
+                        let closed = SessionMessage::Closed(Closed { reason: why.to_string() });
+                        let _ = write_frame(client_send, &closed).await;
+                        hang_up.notify_one();
+                    }
+                }
+                // The session did not end after a hangup: stop relaying; `ended` kills it.
+                () = tokio::time::sleep_until(give_up), if drain_until.is_some() => break Ok(()),
+            }
+        };
+        set_end(RelayEnd::Finished);
+        hang_up.notify_one();
+        result
+    };
+    let ((), result) = tokio::join!(upstream, downstream);
+    result?;
+    let end = end
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Ok(end.unwrap_or(RelayEnd::Finished))
+}
+
+/// When a session last carried bytes, shared by the two halves of a relay.
+struct Activity {
+    started: Instant,
+    millis_since_start: AtomicU64,
+}
+
+impl Activity {
+    fn new(started: Instant) -> Self {
+        Self {
+            started,
+            millis_since_start: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.millis_since_start.fetch_max(millis, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.started + Duration::from_millis(self.millis_since_start.load(Ordering::Relaxed))
+    }
+}
+
+/// Whether a client may send `message` once the session runs.
+fn is_client_message(message: &SessionMessage) -> bool {
+    matches!(
+        message,
+        SessionMessage::Data(Data {
+            stream: Stream::Stdin,
+            ..
+        }) | SessionMessage::Eof(Eof {
+            stream: Stream::Stdin
+        }) | SessionMessage::Resize(_)
+            | SessionMessage::Signal(_)
+    )
 }
 
 #[cfg(test)]
@@ -115,20 +447,31 @@ mod tests {
     use mesh_proto::messages::session::{Data, ExitStatus, Open, Stream};
 
     use crate::endpoint::Endpoint;
-    use crate::framed::read_frame;
+    use crate::session::account::tests::current_user;
     use crate::session::gate::tests::{Fixture, fixture, grant};
+    use crate::session::limits::Limits;
     use crate::session::process::tests::test_session_program;
     use crate::udp::UdpSocket;
 
-    #[tokio::test]
-    async fn a_granted_command_runs_in_a_session_process_over_quic() {
+    fn test_policy(limits: Limits) -> HostPolicy {
+        HostPolicy {
+            logins: LoginPolicy::Any,
+            default_shell: None,
+            counter: SessionCounter::new(limits),
+        }
+    }
+
+    /// A host on loopback and a client connected to it, with a grant for the current user.
+    struct Running {
+        conn: Connection,
+        grant: Vec<u8>,
+        _client: Endpoint,
+    }
+
+    async fn start(policy: HostPolicy) -> Running {
         let f = fixture();
-        let me = nix::unistd::User::from_uid(nix::unistd::getuid())
-            .unwrap()
-            .unwrap()
-            .name;
         let mut granted = grant(&f);
-        granted.login = me.clone();
+        granted.login = current_user().name;
         let Fixture {
             ca,
             host_key,
@@ -136,61 +479,241 @@ mod tests {
             gate,
         } = f;
         let grant = ca.sign_grant(&granted).unwrap();
-
         let bind = || Arc::new(UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap());
         let host = Endpoint::new(host_key.clone(), bind(), &[SESSION_ALPN]).unwrap();
         let host_addr = host.local_addr().unwrap();
-        let sessions = SessionHost::new(gate, test_session_program());
+        let sessions = SessionHost::new(gate, policy, ProcessBackend::new(test_session_program()));
         tokio::spawn(async move {
             while let Some(Ok(conn)) = host.accept().await {
                 tokio::spawn(sessions.clone().serve_connection(conn));
             }
         });
-
         let client = Endpoint::new(client_key, bind(), &[]).unwrap();
         let conn = client
             .connect(host_addr, host_key.node_id(), SESSION_ALPN)
             .await
             .unwrap();
-        let (mut send, mut recv) = conn.quic().open_bi().await.unwrap();
-        let open = Open {
+        Running {
+            conn,
             grant,
-            login: LoginRequest::Named(me),
-            command: Some("cat; echo err >&2; exit 5".into()),
-            pty: None,
-            env: vec![],
-        };
-        write_frame(&mut send, &SessionMessage::Open(open))
-            .await
-            .unwrap();
+            _client: client,
+        }
+    }
+
+    /// One session stream as a client drives it.
+    struct Session {
+        send: quinn::SendStream,
+        recv: FrameReader<quinn::RecvStream>,
+    }
+
+    impl Running {
+        async fn open(&self, command: &str) -> Session {
+            let (mut send, recv) = self.conn.quic().open_bi().await.unwrap();
+            let open = Open {
+                grant: self.grant.clone(),
+                login: LoginRequest::Named(current_user().name),
+                command: Some(command.into()),
+                pty: None,
+                env: vec![],
+            };
+            write_frame(&mut send, &SessionMessage::Open(open))
+                .await
+                .unwrap();
+            Session {
+                send,
+                recv: FrameReader::new(recv),
+            }
+        }
+    }
+
+    impl Session {
+        async fn send(&mut self, message: SessionMessage) {
+            write_frame(&mut self.send, &message).await.unwrap();
+        }
+
+        /// Every frame until the host finishes the stream.
+        async fn rest(&mut self) -> Vec<SessionMessage> {
+            let mut frames = Vec::new();
+            while let Ok(Some(frame)) = self.recv.next::<SessionMessage>().await {
+                frames.push(frame);
+            }
+            frames
+        }
+
+        async fn first_line(&mut self) -> String {
+            let mut out = Vec::new();
+            while !out.contains(&b'\n') {
+                match self.recv.next::<SessionMessage>().await.unwrap() {
+                    Some(SessionMessage::Data(Data { bytes, .. })) => out.extend(bytes),
+                    Some(_) => {}
+                    None => panic!("ended before a line: {out:?}"),
+                }
+            }
+            String::from_utf8(out).unwrap().trim().to_owned()
+        }
+    }
+
+    fn stdout_of(frames: &[SessionMessage]) -> Vec<u8> {
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                SessionMessage::Data(Data {
+                    stream: Stream::Stdout,
+                    bytes,
+                }) => Some(bytes.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    fn refusal(frames: &[SessionMessage]) -> String {
+        match frames.first() {
+            Some(SessionMessage::Refused(Refused {
+                reason: Refusal::Host(reason),
+            })) => reason.clone(),
+            other => panic!("expected a host refusal, got {other:?}"),
+        }
+    }
+
+    /// Polls (bounded) until `pid` is gone or a zombie; false if it still runs after 10 s.
+    async fn gone_within_10s(pid: i32) -> bool {
+        for _ in 0..200 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+            if stat.map_or(true, |s| s.split_whitespace().nth(2) == Some("Z")) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_granted_command_runs_in_a_session_process_over_quic() {
+        let host = start(test_policy(Limits::default())).await;
+        let mut session = host.open("cat; echo err >&2; exit 5").await;
         let stdin = Data {
             stream: Stream::Stdin,
             bytes: b"typed\n".to_vec(),
         };
-        write_frame(&mut send, &SessionMessage::Data(stdin))
-            .await
-            .unwrap();
-        send.finish().unwrap();
+        session.send(SessionMessage::Data(stdin)).await;
+        session
+            .send(SessionMessage::Eof(Eof {
+                stream: Stream::Stdin,
+            }))
+            .await;
+        let frames = session.rest().await;
+        assert!(matches!(frames[0], SessionMessage::Opened(_)), "{frames:?}");
+        assert_eq!(stdout_of(&frames), b"typed\n");
+        assert!(frames.contains(&SessionMessage::Data(Data {
+            stream: Stream::Stderr,
+            bytes: b"err\n".to_vec()
+        })));
+        assert_eq!(
+            frames.last(),
+            Some(&SessionMessage::Exited(ExitStatus::Code(5)))
+        );
+    }
 
-        let (mut out, mut err, mut status, mut opened) = (Vec::new(), Vec::new(), None, false);
-        while let Some(frame) = read_frame::<SessionMessage, _>(&mut recv).await.unwrap() {
-            match frame {
-                SessionMessage::Opened(_) => opened = true,
-                SessionMessage::Data(Data {
-                    stream: Stream::Stdout,
-                    bytes,
-                }) => out.extend(bytes),
-                SessionMessage::Data(Data {
-                    stream: Stream::Stderr,
-                    bytes,
-                }) => err.extend(bytes),
-                SessionMessage::Exited(s) => status = Some(s),
-                _ => {}
+    #[tokio::test]
+    async fn the_session_over_the_limit_is_refused_before_anything_starts() {
+        let limits = Limits {
+            max_sessions: 1,
+            ..Limits::default()
+        };
+        let host = start(test_policy(limits)).await;
+        let mut first = host.open("echo ready; read line").await;
+        assert_eq!(first.first_line().await, "ready");
+        let marker = tempfile::tempdir().unwrap();
+        let marker = marker.path().join("ran");
+        let mut second = host.open(&format!("touch {}", marker.display())).await;
+        let reason = refusal(&second.rest().await);
+        assert!(reason.contains("max_sessions"), "{reason}");
+        assert!(!marker.exists(), "the refused session's command ran");
+        // The first one is unaffected, and its slot comes back when it ends.
+        first
+            .send(SessionMessage::Data(Data {
+                stream: Stream::Stdin,
+                bytes: b"go\n".to_vec(),
+            }))
+            .await;
+        assert_eq!(
+            first.rest().await.last(),
+            Some(&SessionMessage::Exited(ExitStatus::Code(0)))
+        );
+        let mut third = host.open("echo again").await;
+        assert_eq!(stdout_of(&third.rest().await), b"again\n");
+    }
+
+    #[tokio::test]
+    async fn an_idle_session_is_closed_with_the_limit_named_and_hung_up() {
+        let limits = Limits {
+            idle_timeout: Some(Duration::from_millis(500)),
+            ..Limits::default()
+        };
+        let host = start(test_policy(limits)).await;
+        let mut session = host.open("echo $$; exec sleep 300").await;
+        let pid: i32 = session.first_line().await.parse().unwrap();
+        let frames = session.rest().await;
+        let closed = frames.iter().find_map(|f| match f {
+            SessionMessage::Closed(Closed { reason }) => Some(reason.clone()),
+            _ => None,
+        });
+        assert!(
+            closed
+                .as_deref()
+                .is_some_and(|r| r.contains("idle_timeout")),
+            "{frames:?}"
+        );
+        assert_eq!(
+            frames.last(),
+            Some(&SessionMessage::Exited(ExitStatus::Signal(1))),
+            "hung up with SIGHUP"
+        );
+        assert!(gone_within_10s(pid).await);
+    }
+
+    #[tokio::test]
+    async fn a_vanished_client_gets_its_session_hung_up_including_background_jobs() {
+        let host = start(test_policy(Limits::default())).await;
+        let mut session = host
+            .open("(trap '' HUP; exec sleep 300) & echo $!; exec sleep 300")
+            .await;
+        let stubborn: i32 = session.first_line().await.parse().unwrap();
+        // The job sets its trap before it execs sleep: wait (bounded) for the exec.
+        for _ in 0..500 {
+            let comm = std::fs::read_to_string(format!("/proc/{stubborn}/comm")).unwrap();
+            if comm.trim() == "sleep" {
+                break;
             }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(opened);
-        assert_eq!(out, b"typed\n");
-        assert_eq!(err, b"err\n");
-        assert_eq!(status, Some(ExitStatus::Code(5)));
+        let status = std::fs::read_to_string(format!("/proc/{stubborn}/status")).unwrap();
+        // SIGHUP (bit 0) is ignored: only the SIGKILL after the grace can end it.
+        let ignored = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .map(|mask| u64::from_str_radix(mask.trim(), 16).unwrap())
+            .unwrap();
+        assert_eq!(ignored & 1, 1, "{status}");
+        // The client resets its stream: to the host, the client is gone.
+        session.send.reset(0u32.into()).unwrap();
+        drop(session);
+        assert!(
+            gone_within_10s(stubborn).await,
+            "a job ignoring SIGHUP survived"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_login_outside_the_hosts_policy_is_refused() {
+        let policy = HostPolicy {
+            logins: LoginPolicy::Only(vec!["someone-else".into()]),
+            ..test_policy(Limits::default())
+        };
+        let host = start(policy).await;
+        let mut session = host.open("true").await;
+        let reason = refusal(&session.rest().await);
+        assert!(reason.contains("allowed_logins"), "{reason}");
     }
 }

@@ -13,9 +13,12 @@
 //! issue #4.
 
 pub mod account;
+pub mod client;
 pub mod exec;
 pub mod gate;
+pub mod hangup;
 pub mod host;
+pub mod limits;
 pub mod privilege;
 pub mod process;
 pub mod pty;

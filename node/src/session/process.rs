@@ -41,7 +41,16 @@ pub async fn spawn_session_process(
     start: Start,
 ) -> Result<(Child, UnixStream), Error> {
     let (ours, theirs) = StdUnixStream::pair().map_err(|e| socket_error("cannot create", e))?;
-    let child = Command::new(program)
+    let mut command = Command::new(program);
+    // The session process starts from nothing of the agent's environment but its log
+    // settings; what the session's program gets is built from the account, not inherited.
+    command.env_clear();
+    for name in ["RUST_LOG", "RUST_BACKTRACE"] {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    let child = command
         .args(args)
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::null())
@@ -111,8 +120,11 @@ pub async fn serve_session(socket: UnixStream) -> Result<(), Error> {
 
 /// Finds the account and becomes it. Errors are one line for the client.
 fn prepare(start: &Start) -> Result<Account, String> {
-    let account = Account::lookup(&start.login)
+    let mut account = Account::lookup(&start.login)
         .ok_or_else(|| format!("no account {:?} here", start.login))?;
+    if let (true, Some(shell)) = (account.shell.as_os_str().is_empty(), &start.default_shell) {
+        account.shell = shell.into();
+    }
     if Uid::effective().is_root() {
         become_account(&account).map_err(|e| e.to_string())?;
     } else if Uid::effective().as_raw() != account.uid {
@@ -183,6 +195,7 @@ pub(crate) mod tests {
             command: Some(command.into()),
             pty: None,
             env: vec![],
+            default_shell: None,
         };
         let (mut child, mut socket) = spawn_session_process(&program.program, &args, start).await?;
         let mut out = Vec::new();

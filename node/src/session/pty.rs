@@ -14,13 +14,14 @@ use mesh_proto::messages::session::{
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
-use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+use portable_pty::{CommandBuilder, MasterPty, PtySize, native_pty_system};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use super::account::Account;
+use super::hangup::{HANGUP_GRACE, hang_up};
 use crate::error::Error;
-use crate::framed::{read_frame, write_frame};
+use crate::framed::{FrameReader, write_frame};
 
 /// Size of each read from the PTY.
 const READ_CHUNK: usize = 16 * 1024;
@@ -87,7 +88,7 @@ where
         .take_writer()
         .map_err(|e| pty_error("cannot write the PTY", e))?;
 
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(CHANNEL_CHUNKS);
+    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(CHANNEL_CHUNKS);
     std::thread::spawn(move || {
         let mut buf = vec![0u8; READ_CHUNK];
         // Ends at EOF, or EIO once every holder of the slave has exited.
@@ -110,7 +111,32 @@ where
         }
     });
 
+    let result = serve_pty(pid, &*master, out_rx, in_tx, input, output).await;
+    // Whatever ended the session, nothing it started outlives it.
+    hang_up(pid, HANGUP_GRACE).await;
+    drop(child);
+    result
+}
+
+/// Carries the terminal's bytes until the shell has exited and the terminal has no writer
+/// left, then reports how the shell ended.
+async fn serve_pty<R, W>(
+    pid: Pid,
+    master: &dyn MasterPty,
+    mut out_rx: mpsc::Receiver<Vec<u8>>,
+    in_tx: mpsc::Sender<Vec<u8>>,
+    input: &mut R,
+    output: &mut W,
+) -> Result<ExitStatus, Error>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // Reap it ourselves: portable-pty reports signals by name only, we need the number.
+    let mut exited = tokio::task::spawn_blocking(move || waitpid(pid, None));
+    let mut status = None;
     let mut input_open = true;
+    let mut input = FrameReader::new(input);
     loop {
         tokio::select! {
             biased;
@@ -121,7 +147,13 @@ where
                 }
                 None => break,
             },
-            frame = read_frame::<SessionMessage, _>(input), if input_open => match frame? {
+            waited = &mut exited, if status.is_none() => {
+                status = Some(exit_status(waited)?);
+                // A background job may still hold the terminal open; the shell's exit ends
+                // the session, so hang it up and let the output drain to EOF.
+                tokio::spawn(hang_up(pid, HANGUP_GRACE));
+            }
+            frame = input.next::<SessionMessage>(), if input_open => match frame? {
                 Some(SessionMessage::Data(Data { stream: Stream::Stdin, bytes })) => {
                     // The writer thread is gone only if the PTY is; output will end too.
                     let _ = in_tx.send(bytes).await;
@@ -140,7 +172,12 @@ where
                 Some(other) => {
                     return Err(Error::Stream(format!("unexpected client message {other:?}")));
                 }
-                None => input_open = false,
+                // The agent closed the session (client gone, or a limit): hang up, as a
+                // terminal whose line dropped; the shell's exit and the output's end follow.
+                None => {
+                    input_open = false;
+                    tokio::spawn(hang_up(pid, HANGUP_GRACE));
+                }
             },
         }
     }
@@ -151,19 +188,26 @@ where
         }),
     )
     .await?;
-    // Reap it ourselves: portable-pty reports signals by name only, we need the number.
-    let status = tokio::task::spawn_blocking(move || waitpid(pid, None))
-        .await
-        .map_err(|e| pty_error("waiting for the shell", e))?
-        .map_err(|e| pty_error("waiting for the shell", e))?;
-    drop(child);
     let status = match status {
-        WaitStatus::Exited(_, code) => ExitStatus::Code(code),
-        WaitStatus::Signaled(_, signal, _) => ExitStatus::Signal(signal as i32),
-        other => return Err(Error::Stream(format!("unexpected wait status {other:?}"))),
+        Some(status) => status,
+        None => exit_status(exited.await)?,
     };
     write_frame(output, &SessionMessage::Exited(status)).await?;
     Ok(status)
+}
+
+/// How the shell ended, from the blocking `waitpid`'s result.
+fn exit_status(
+    waited: Result<nix::Result<WaitStatus>, tokio::task::JoinError>,
+) -> Result<ExitStatus, Error> {
+    let waited = waited
+        .map_err(|e| pty_error("waiting for the shell", e))?
+        .map_err(|e| pty_error("waiting for the shell", e))?;
+    match waited {
+        WaitStatus::Exited(_, code) => Ok(ExitStatus::Code(code)),
+        WaitStatus::Signaled(_, signal, _) => Ok(ExitStatus::Signal(signal as i32)),
+        other => Err(Error::Stream(format!("unexpected wait status {other:?}"))),
+    }
 }
 
 #[cfg(test)]
@@ -203,7 +247,7 @@ mod tests {
             .unwrap();
         drop(host_out);
         let mut text = Vec::new();
-        while let Some(frame) = read_frame::<SessionMessage, _>(&mut client_in)
+        while let Some(frame) = crate::framed::read_frame::<SessionMessage, _>(&mut client_in)
             .await
             .unwrap()
         {

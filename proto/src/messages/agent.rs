@@ -39,6 +39,8 @@ pub struct Start {
         proptest(strategy = "crate::messages::tests::vec_up_to(MAX_ENV_VARS)")
     )]
     pub env: Vec<EnvVar>,
+    /// The shell for an account whose own shell field is empty (the host's `default_shell`).
+    pub default_shell: Option<String>,
 }
 
 /// The session's program is running.

@@ -34,6 +34,9 @@ crate::wire_messages! {
         7 => Signal(Signal),
         /// Host → client: the session's process ended.
         8 => Exited(ExitStatus),
+        /// Host → client: the host is ending the session (a limit, or shutdown) and hangs up
+        /// its processes; `Exited` may still follow.
+        9 => Closed(Closed),
     }
 }
 
@@ -172,4 +175,12 @@ pub enum ExitStatus {
     Code(i32),
     /// It was killed by this signal; the client exits with 128 + the number, as ssh does.
     Signal(i32),
+}
+
+/// The host ended the session itself.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Closed {
+    /// One line: why, naming the limit (`idle_timeout`, `max_duration`, ...).
+    pub reason: String,
 }

@@ -1,0 +1,257 @@
+//! `mesh shell` and `mesh exec`: connect to a host, open a session with a grant, and behave
+//! like ssh: raw terminal for a PTY, window changes forwarded, `~.` to disconnect, the remote
+//! exit code passed through, 255 for mesh's own failures.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mesh_node::endpoint::Endpoint;
+use mesh_node::keyfile::read_secret_key;
+use mesh_node::session::client::{
+    ClientEvent, SessionInput, SessionOutcome, SessionRequest, open_session,
+};
+use mesh_node::udp::UdpSocket;
+use mesh_proto::grant_file::{grant_from_text, grant_unverified};
+use mesh_proto::messages::SESSION_ALPN;
+use mesh_proto::messages::session::{EnvVar, PtyRequest};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::args::Target;
+use crate::exit::Failure;
+use crate::terminal::{RawMode, stdin_is_terminal, window_size};
+
+/// Size of each read from stdin.
+const STDIN_CHUNK: usize = 32 * 1024;
+/// Stdin chunks read ahead of the network (bounds the client's memory).
+const STDIN_CHUNKS_IN_FLIGHT: usize = 4;
+
+/// What the user asked for.
+pub(crate) struct Request {
+    pub(crate) target: Target,
+    /// `None`: an interactive shell.
+    pub(crate) command: Option<String>,
+    /// `-t`: a PTY even for a command.
+    pub(crate) force_pty: bool,
+}
+
+/// Runs the session and returns the exit code to end with.
+pub(crate) fn run(home: &Path, request: Request) -> Result<u8, Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Session(format!("cannot start the runtime: {e}")))?;
+    let code = runtime.block_on(session(home, request));
+    // Stdin's reader thread may be blocked in read(2); do not wait for it.
+    runtime.shutdown_background();
+    code
+}
+
+async fn session(home: &Path, request: Request) -> Result<u8, Failure> {
+    let target = &request.target;
+    if target.temp {
+        return Err(Failure::Session(
+            "--temp: temporary accounts arrive with issue #6".into(),
+        ));
+    }
+    let (Some(addr), Some(grant_path)) = (target.direct, target.grant.as_ref()) else {
+        return Err(Failure::Session(format!(
+            "reaching {} by name needs the coordinator, which arrives with issue #5; \
+             for now use --direct ADDR --grant FILE",
+            target.host
+        )));
+    };
+    let grant = read_grant(grant_path)?;
+    let granted = grant_unverified(&grant)
+        .map_err(|e| Failure::Session(format!("{}: {e}", grant_path.display())))?;
+    let key = read_secret_key(&home.join(mesh_node::agent::KEY_FILE))
+        .map_err(|e| Failure::Session(e.to_string()))?;
+    let login = match &target.login {
+        Some(login) => login.clone(),
+        None => local_user_name()?,
+    };
+
+    let tty = stdin_is_terminal();
+    let want_pty = request.force_pty || (request.command.is_none() && tty);
+    if request.command.is_none() && !tty {
+        eprintln!("mesh: pseudo-terminal will not be allocated because stdin is not a terminal");
+    }
+    let pty = want_pty.then(|| PtyRequest {
+        term: std::env::var("TERM").unwrap_or_else(|_| "dumb".into()),
+        size: window_size(),
+    });
+
+    let conn = connect(key, addr, granted.host, &target.host).await?;
+    let (send, recv) = conn
+        .quic()
+        .open_bi()
+        .await
+        .map_err(|e| Failure::Session(format!("{}: {e}", target.host)))?;
+    let session_request = SessionRequest {
+        grant,
+        login,
+        command: request.command.clone(),
+        pty,
+        env: locale_environment(),
+    };
+    let session = open_session(send, recv, session_request)
+        .await
+        .map_err(|e| Failure::Session(format!("{}: {e}", target.host)))?;
+
+    // From here on the terminal is raw (for a PTY on a terminal) until `raw` is dropped.
+    let raw = if want_pty && tty {
+        Some(RawMode::enable().map_err(|e| Failure::Session(format!("terminal: {e}")))?)
+    } else {
+        None
+    };
+    let (events_tx, events_rx) = mpsc::channel(16);
+    let input = SessionInput {
+        stdin: spawn_stdin_reader(),
+        events: events_rx,
+        escapes: raw.is_some(),
+    };
+    if want_pty {
+        tokio::spawn(forward_window_changes(events_tx));
+    }
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let ended = tokio::select! {
+        outcome = session.run(input, &mut stdout, &mut stderr) => Ended::Session(outcome),
+        signal = terminating_signal() => Ended::Signal(signal),
+    };
+    drop(raw);
+    match ended {
+        Ended::Signal(number) => {
+            // Tell the host at once rather than letting it wait out the idle timeout.
+            conn.quic().close(0u32.into(), b"client interrupted");
+            eprintln!("mesh: interrupted by signal {number}; the session was hung up");
+            Ok(128 + number as u8)
+        }
+        Ended::Session(Ok(outcome)) => {
+            conn.quic().close(0u32.into(), b"session over");
+            match &outcome {
+                SessionOutcome::Exited(_) => {}
+                SessionOutcome::Closed(reason) => eprintln!("mesh: {reason}"),
+                SessionOutcome::Disconnected => eprintln!("mesh: disconnected"),
+                SessionOutcome::Lost => {
+                    eprintln!("mesh: connection to {} lost", target.host);
+                }
+            }
+            Ok(outcome.exit_code())
+        }
+        Ended::Session(Err(e)) => Err(Failure::Session(format!("{}: {e}", target.host))),
+    }
+}
+
+enum Ended {
+    Session(Result<SessionOutcome, mesh_node::Error>),
+    Signal(i32),
+}
+
+fn read_grant(path: &PathBuf) -> Result<Vec<u8>, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::Session(format!("cannot read grant file {}: {e}", path.display())))?;
+    grant_from_text(&text).map_err(|e| Failure::Session(format!("{}: {e}", path.display())))
+}
+
+fn local_user_name() -> Result<String, Failure> {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|user| user.name)
+        .ok_or_else(|| Failure::Session("cannot tell your user name; pass --login USER".into()))
+}
+
+async fn connect(
+    key: mesh_proto::SecretKey,
+    addr: SocketAddr,
+    host_key: mesh_proto::NodeId,
+    host: &str,
+) -> Result<mesh_node::endpoint::Connection, Failure> {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(bind)
+        .map_err(|e| Failure::Session(format!("cannot open a UDP socket: {e}")))?;
+    let endpoint =
+        Endpoint::new(key, Arc::new(socket), &[]).map_err(|e| Failure::Session(e.to_string()))?;
+    endpoint
+        .connect(addr, host_key, SESSION_ALPN)
+        .await
+        .map_err(|e| match e {
+            mesh_node::Error::WrongHostKey {
+                expected,
+                presented,
+            } => Failure::Session(format!(
+                "the host at {addr} is not the host this grant is for \
+                 (the grant names {expected}; {addr} presented {presented})"
+            )),
+            e => Failure::Session(format!("cannot reach {host} at {addr}: {e}")),
+        })
+}
+
+/// The locale variables, which the host passes through (as ssh's `SendEnv LANG LC_*`).
+fn locale_environment() -> Vec<EnvVar> {
+    std::env::vars()
+        .filter(|(name, _)| name == "LANG" || name.starts_with("LC_"))
+        .map(|(name, value)| EnvVar { name, value })
+        .collect()
+}
+
+/// Reads stdin on its own thread (a blocking read of a terminal cannot be cancelled), a few
+/// chunks ahead at most; the channel closes at EOF.
+fn spawn_stdin_reader() -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel(STDIN_CHUNKS_IN_FLIGHT);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; STDIN_CHUNK];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+async fn forward_window_changes(events: mpsc::Sender<ClientEvent>) {
+    let Ok(mut changes) = signal(SignalKind::window_change()) else {
+        return;
+    };
+    while changes.recv().await.is_some() {
+        if events
+            .send(ClientEvent::Resize(window_size()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Completes with the number of the first SIGTERM, SIGHUP or SIGINT (raw mode turns ^C into
+/// a byte for the remote, so SIGINT arrives only when there is no PTY).
+async fn terminating_signal() -> i32 {
+    let (Ok(mut term), Ok(mut hup), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without handlers the default actions apply; nothing to wait for here.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => SignalKind::terminate().as_raw_value(),
+        _ = hup.recv() => SignalKind::hangup().as_raw_value(),
+        _ = int.recv() => SignalKind::interrupt().as_raw_value(),
+    }
+}

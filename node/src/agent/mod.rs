@@ -1,0 +1,112 @@
+//! The host agent (`mesh node run`): serves sessions on this machine's UDP port, checking
+//! every grant against the CA keys it trusts, under the limits of its `config.toml`.
+//!
+//! - [`config`]: the agent's `config.toml`.
+//!
+//! The agent keeps no PTY and no shell in its own process: each session is a per-session
+//! process ([`ProcessBackend`]), so a crash or restart of the agent hangs sessions up cleanly
+//! instead of leaving them orphaned.
+
+pub mod config;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use mesh_proto::messages::SESSION_ALPN;
+use mesh_proto::{RevocationSet, SystemClock};
+use nix::unistd::Uid;
+
+use crate::endpoint::Endpoint;
+use crate::error::Error;
+use crate::keyfile::load_or_create_secret_key;
+use crate::session::gate::Gate;
+use crate::session::host::{HostPolicy, LoginPolicy, ProcessBackend, SessionHost, SessionProgram};
+use crate::session::limits::SessionCounter;
+use crate::udp::UdpSocket;
+use config::AgentConfig;
+
+/// The secret key file in a home directory (one identity per home).
+pub const KEY_FILE: &str = "key";
+/// The configuration file in a home directory.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// Runs the agent of the identity in `home` until `shutdown` completes. Sessions are started
+/// with `program` (the `mesh` binary's hidden session-process entry).
+pub async fn run(
+    home: &Path,
+    program: SessionProgram,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let config_path = home.join(CONFIG_FILE);
+    let config = AgentConfig::load(&config_path)?;
+    let ca_keys = config.ca_keys().map_err(|reason| Error::Config {
+        path: config_path.clone(),
+        reason,
+    })?;
+    let key = load_or_create_secret_key(&home.join(KEY_FILE))?;
+    let socket = UdpSocket::bind(config.listen).map_err(|source| Error::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let endpoint = Endpoint::new(key.clone(), Arc::new(socket), &[SESSION_ALPN])?;
+    let policy = HostPolicy {
+        logins: login_policy(config.allowed_logins.clone()),
+        default_shell: config
+            .default_shell
+            .as_ref()
+            .and_then(|p| p.to_str())
+            .map(str::to_owned),
+        counter: SessionCounter::new(config.limits),
+    };
+    let gate = Gate {
+        host: key.node_id(),
+        ca_keys,
+        revocations: RevocationSet::default(),
+        clock: Arc::new(SystemClock),
+    };
+    let sessions = SessionHost::new(gate, policy, ProcessBackend::new(program));
+    let local = endpoint.local_addr().map_err(|source| Error::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    tracing::info!(
+        "mesh agent {} listening on {local} (sessions for {:?})",
+        key.node_id(),
+        config.allowed_logins.as_deref().unwrap_or(&[])
+    );
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(Ok(conn)) => {
+                    tracing::debug!(client = %conn.peer().short(), "connection");
+                    tokio::spawn(sessions.clone().serve_connection(conn));
+                }
+                Some(Err(e)) => tracing::info!("a connection failed its handshake: {e}"),
+                None => break,
+            },
+        }
+    }
+    tracing::info!("mesh agent stopping; open sessions are hung up");
+    endpoint.close();
+    Ok(())
+}
+
+/// Which accounts sessions may run as: the configured list; otherwise any account when the
+/// agent is root, and only its own when it is not (it could not become anyone else).
+fn login_policy(allowed: Option<Vec<String>>) -> LoginPolicy {
+    match allowed {
+        Some(logins) => LoginPolicy::Only(logins),
+        None if Uid::effective().is_root() => LoginPolicy::Any,
+        None => LoginPolicy::Only(
+            nix::unistd::User::from_uid(Uid::effective())
+                .ok()
+                .flatten()
+                .map(|user| vec![user.name])
+                .unwrap_or_default(),
+        ),
+    }
+}
