@@ -448,6 +448,7 @@ mod tests {
 
     use crate::endpoint::Endpoint;
     use crate::session::account::tests::current_user;
+    use crate::session::fake_shell::FakeShellBackend;
     use crate::session::gate::tests::{Fixture, fixture, grant};
     use crate::session::limits::Limits;
     use crate::session::process::tests::test_session_program;
@@ -465,10 +466,24 @@ mod tests {
     struct Running {
         conn: Connection,
         grant: Vec<u8>,
+        ca: mesh_proto::CaSigner,
+        granted: mesh_proto::Grant,
         _client: Endpoint,
     }
 
+    impl Running {
+        /// Replaces the grant sessions are opened with by an adjusted copy.
+        fn regrant(&mut self, adjust: impl FnOnce(&mut mesh_proto::Grant)) {
+            adjust(&mut self.granted);
+            self.grant = self.ca.sign_grant(&self.granted).unwrap();
+        }
+    }
+
     async fn start(policy: HostPolicy) -> Running {
+        start_with(policy, ProcessBackend::new(test_session_program())).await
+    }
+
+    async fn start_with(policy: HostPolicy, backend: impl SessionBackend) -> Running {
         let f = fixture();
         let mut granted = grant(&f);
         granted.login = current_user().name;
@@ -482,7 +497,7 @@ mod tests {
         let bind = || Arc::new(UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap());
         let host = Endpoint::new(host_key.clone(), bind(), &[SESSION_ALPN]).unwrap();
         let host_addr = host.local_addr().unwrap();
-        let sessions = SessionHost::new(gate, policy, ProcessBackend::new(test_session_program()));
+        let sessions = SessionHost::new(gate, policy, backend);
         tokio::spawn(async move {
             while let Some(Ok(conn)) = host.accept().await {
                 tokio::spawn(sessions.clone().serve_connection(conn));
@@ -496,6 +511,8 @@ mod tests {
         Running {
             conn,
             grant,
+            ca,
+            granted,
             _client: client,
         }
     }
@@ -702,6 +719,112 @@ mod tests {
         assert!(
             gone_within_10s(stubborn).await,
             "a job ignoring SIGHUP survived"
+        );
+    }
+
+    fn closed_reason(frames: &[SessionMessage]) -> Option<String> {
+        frames.iter().find_map(|f| match f {
+            SessionMessage::Closed(Closed { reason }) => Some(reason.clone()),
+            _ => None,
+        })
+    }
+
+    /// Virtual time: a 30-minute idle timeout ends a fake session after exactly that long of
+    /// silence, while keep-alives hold the QUIC connection up throughout.
+    #[tokio::test(start_paused = true)]
+    async fn in_virtual_time_an_idle_session_closes_at_its_idle_timeout() {
+        let idle = Duration::from_secs(30 * 60);
+        let limits = Limits {
+            idle_timeout: Some(idle),
+            ..Limits::default()
+        };
+        let host = start_with(test_policy(limits), FakeShellBackend).await;
+        let began = Instant::now();
+        let mut session = host.open("sleep 7200").await;
+        let frames = session.rest().await;
+        let took = began.elapsed();
+        assert!(
+            closed_reason(&frames).is_some_and(|r| r.contains("idle_timeout")),
+            "{frames:?}"
+        );
+        assert_eq!(
+            frames.last(),
+            Some(&SessionMessage::Exited(ExitStatus::Signal(1)))
+        );
+        assert!(
+            took >= idle && took < idle + Duration::from_secs(5),
+            "{took:?}"
+        );
+    }
+
+    /// Virtual time: traffic keeps a session alive past its idle timeout, and the grant's
+    /// shorter session limit ends it at exactly its length.
+    #[tokio::test(start_paused = true)]
+    async fn in_virtual_time_activity_defers_the_idle_timeout_and_the_grant_caps_duration() {
+        let limits = Limits {
+            idle_timeout: Some(Duration::from_secs(60)),
+            max_duration: Duration::from_secs(24 * 3600),
+            ..Limits::default()
+        };
+        let mut host = start_with(test_policy(limits), FakeShellBackend).await;
+        // The fixture's grant allows 12 h sessions; make this one's limit 10 minutes.
+        host.regrant(|g| g.max_session_secs = 600);
+        let began = Instant::now();
+        let mut session = host.open("cat").await;
+        // A tick every 45 s (inside the 60 s idle timeout) up to 585 s.
+        for _ in 0..13 {
+            tokio::time::sleep(Duration::from_secs(45)).await;
+            session
+                .send(SessionMessage::Data(Data {
+                    stream: Stream::Stdin,
+                    bytes: b"tick\n".to_vec(),
+                }))
+                .await;
+        }
+        let frames = session.rest().await;
+        let took = began.elapsed();
+        let reason = closed_reason(&frames).unwrap_or_default();
+        assert!(reason.contains("max_duration"), "{reason}: {frames:?}");
+        assert!(
+            took >= Duration::from_secs(600) && took < Duration::from_secs(605),
+            "{took:?}"
+        );
+        // Every tick sent before the end came back.
+        let echoed = String::from_utf8(stdout_of(&frames)).unwrap();
+        assert_eq!(echoed.matches("tick").count(), 13, "{echoed}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fake_shell_runs_lines_and_reports_the_exit_code() {
+        let mut host = start_with(test_policy(Limits::default()), FakeShellBackend).await;
+        host.regrant(|g| g.permissions = mesh_proto::Permissions::SHELL);
+        let (mut send, recv) = host.conn.quic().open_bi().await.unwrap();
+        let open = Open {
+            grant: host.grant.clone(),
+            login: LoginRequest::Named(current_user().name),
+            command: None,
+            pty: None,
+            env: vec![],
+        };
+        write_frame(&mut send, &SessionMessage::Open(open))
+            .await
+            .unwrap();
+        let mut session = Session {
+            send,
+            recv: FrameReader::new(recv),
+        };
+        session
+            .send(SessionMessage::Data(Data {
+                stream: Stream::Stdin,
+                bytes: b"echo hi there\nnope\nexit 3\n".to_vec(),
+            }))
+            .await;
+        let frames = session.rest().await;
+        let out = String::from_utf8(stdout_of(&frames)).unwrap();
+        assert_eq!(out, "$ hi there\n$ $ ", "{frames:?}");
+        assert_eq!(
+            frames.last(),
+            Some(&SessionMessage::Exited(ExitStatus::Code(3)))
         );
     }
 

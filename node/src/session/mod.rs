@@ -15,6 +15,7 @@
 pub mod account;
 pub mod client;
 pub mod exec;
+pub mod fake_shell;
 pub mod gate;
 pub mod hangup;
 pub mod host;
