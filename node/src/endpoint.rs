@@ -190,6 +190,13 @@ impl Endpoint {
     pub fn close(&self) {
         self.inner.close(0u32.into(), b"endpoint closed");
     }
+
+    /// Closes every connection and waits (at most `limit`) until peers have been told, so
+    /// they learn at once instead of at their idle timeout.
+    pub async fn close_and_flush(&self, limit: Duration) {
+        self.close();
+        let _ = tokio::time::timeout(limit, self.inner.wait_idle()).await;
+    }
 }
 
 /// An authenticated QUIC connection to a known node.

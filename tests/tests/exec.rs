@@ -440,3 +440,83 @@ fn a_stalled_reader_of_cat_dev_zero_keeps_every_process_under_64_mib() {
         "{peak:?}"
     );
 }
+
+/// Open file descriptors of `pid`.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+#[test]
+fn sessions_leave_no_fds_or_session_processes_behind_in_the_agent() {
+    let s = setup("");
+    let agent = s.agent.pid();
+    // One session first, so that lazily created runtime resources are counted in the baseline.
+    let warm = exec_command(&s.client, &s.agent, &s.grant, &[], &["true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(warm.status.code(), Some(0));
+    let baseline = fd_count(agent);
+    for args in [&[][..], &["-t"][..]] {
+        for _ in 0..3 {
+            let out = exec_command(&s.client, &s.agent, &s.grant, args, &["echo hi"])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(0));
+        }
+    }
+    let start = std::time::Instant::now();
+    while fd_count(agent) > baseline || !children_of(agent).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "agent fds {} (baseline {baseline}), session processes {:?}",
+            fd_count(agent),
+            children_of(agent)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn stopping_the_agent_hangs_up_its_sessions() {
+    let s = setup("");
+    let mut client = exec_command(
+        &s.client,
+        &s.agent,
+        &s.grant,
+        &[],
+        &["sleep 300 & echo $$ $!; wait"],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(client.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let pids: Vec<i32> = line
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "{line:?}");
+    // Dropping the agent sends it SIGTERM and waits for it to exit.
+    drop(s.agent);
+    let stopped_at = std::time::Instant::now();
+    while !pids.iter().all(|p| gone(*p)) {
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(15),
+            "remote processes {pids:?} outlive the agent"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = wait_bounded(
+        &mut client,
+        Duration::from_secs(20),
+        "client of a stopped agent",
+    );
+    assert_eq!(status.code(), Some(255));
+}

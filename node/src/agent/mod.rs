@@ -28,6 +28,8 @@ use config::AgentConfig;
 
 /// The secret key file in a home directory (one identity per home).
 pub const KEY_FILE: &str = "key";
+/// How long a stopping agent waits for its peers to be told the connection closed.
+const SHUTDOWN_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 /// The configuration file in a home directory.
 pub const CONFIG_FILE: &str = "config.toml";
 
@@ -91,7 +93,7 @@ pub async fn run(
         }
     }
     tracing::info!("mesh agent stopping; open sessions are hung up");
-    endpoint.close();
+    endpoint.close_and_flush(SHUTDOWN_FLUSH).await;
     Ok(())
 }
 

@@ -55,7 +55,10 @@ pub async fn spawn_session_process(
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
+        // Never SIGKILL a session process from here: it could not hang its processes up. When
+        // the agent lets go (or dies), the socket closes and the session process ends the
+        // session itself; the host kills it only if that takes too long.
+        .kill_on_drop(false)
         .spawn()
         .map_err(|e| Error::Io {
             what: "cannot start the session process",
