@@ -153,6 +153,13 @@ fn node_run(home: &std::path::Path) -> Result<ExitCode, Failure> {
 
 /// The hidden per-session process the agent starts (DESIGN.md, "Sessions").
 fn session_process() -> Result<ExitCode, Failure> {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return Err(Failure::Failed(
+            "session-process is started by `mesh node run` with a socket as its stdin; \
+             it is not for interactive use"
+                .into(),
+        ));
+    }
     logging("warn");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -520,3 +520,33 @@ fn stopping_the_agent_hangs_up_its_sessions() {
     );
     assert_eq!(status.code(), Some(255));
 }
+
+#[test]
+fn a_shell_without_a_terminal_reads_its_commands_from_stdin() {
+    let s = setup("");
+    let mut child = std::process::Command::new(mesh_tests::mesh_bin())
+        .arg("--home")
+        .arg(s.client.path())
+        .args(["shell", "--direct", &s.agent.addr().to_string(), "--grant"])
+        .arg(&s.grant)
+        .arg("edge")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo from-stdin-$((6*7))\nexit 4\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("from-stdin-42"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("not a terminal"), "ssh's notice: {stderr}");
+    assert_eq!(out.status.code(), Some(4));
+}
