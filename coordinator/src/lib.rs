@@ -4,8 +4,11 @@
 //! - [`policy`]: [`authorize`](policy::authorize), the one pure function every request goes
 //!   through.
 //!
-//! Still to come with issue #5: the store (SQLite, in-memory), enrollment, grant issuing and
-//! the control protocol server. See `ARCHITECTURE.md`.
+//! - [`store`]: the [`Store`](store::Store) trait and its SQLite and in-memory backends.
+//!
+//! Still to come with issue #5: enrollment, grant issuing and the control protocol server.
+//! See `ARCHITECTURE.md`.
 
 pub mod model;
 pub mod policy;
+pub mod store;

@@ -1,0 +1,266 @@
+//! One suite of behaviour every [`Store`] must show, run against each backend.
+
+use std::collections::BTreeMap;
+
+use mesh_proto::{SecretKey, UnixTime};
+
+use super::memory::MemoryStore;
+use super::sqlite::SqliteStore;
+use super::{Store, StoreError};
+use crate::model::{HostSettings, Invite, InviteFor, Role};
+
+const NOW: UnixTime = UnixTime::from_secs(1_800_000_000);
+
+fn key(seed: u8) -> mesh_proto::NodeId {
+    SecretKey::from_seed(&[seed; 32]).node_id()
+}
+
+fn invite(id: &str, secret: u8, what: InviteFor) -> Invite {
+    Invite {
+        id: id.into(),
+        secret_hash: [secret; 32],
+        what,
+        created_by: "root-admin".into(),
+        created_at: NOW,
+        expires_at: NOW.saturating_add(std::time::Duration::from_secs(3600)),
+    }
+}
+
+fn host_invite(id: &str, secret: u8, name: &str) -> Invite {
+    invite(
+        id,
+        secret,
+        InviteFor::Host {
+            name: name.into(),
+            labels: BTreeMap::from([("site".to_owned(), "oslo".to_owned())]),
+        },
+    )
+}
+
+fn user_invite(id: &str, secret: u8, name: &str, role: &str) -> Invite {
+    invite(
+        id,
+        secret,
+        InviteFor::User {
+            name: name.into(),
+            role: role.into(),
+        },
+    )
+}
+
+async fn enrollment_is_one_time_and_names_are_unique(store: &impl Store) {
+    store
+        .add_invite(&host_invite("a1", 1, "edge-01"))
+        .await
+        .unwrap();
+    store
+        .add_invite(&host_invite("a2", 2, "edge-01"))
+        .await
+        .unwrap();
+    let host = store.enroll_host([1; 32], key(10), NOW).await.unwrap();
+    assert_eq!(host.name, "edge-01");
+    assert_eq!(host.labels.get("site").map(String::as_str), Some("oslo"));
+    assert!(host.settings.remote_shell && !host.settings.temp_users);
+    // Reused.
+    let err = store.enroll_host([1; 32], key(11), NOW).await.unwrap_err();
+    assert!(matches!(err, StoreError::InviteUnknown), "{err}");
+    // Another key for a taken name: refused, and the invite is not spent.
+    let err = store.enroll_host([2; 32], key(11), NOW).await.unwrap_err();
+    assert!(
+        err.to_string().contains("already held by another key"),
+        "{err}"
+    );
+    assert_eq!(store.invites().await.unwrap().len(), 1);
+    // Expired.
+    let mut old = host_invite("a3", 3, "edge-02");
+    old.expires_at = NOW.saturating_sub(std::time::Duration::from_secs(1));
+    store.add_invite(&old).await.unwrap();
+    let err = store.enroll_host([3; 32], key(12), NOW).await.unwrap_err();
+    assert!(matches!(err, StoreError::InviteExpired(_)), "{err}");
+    // A user token cannot enroll a host.
+    store
+        .add_invite(&user_invite("u1", 4, "alice", "operator"))
+        .await
+        .unwrap();
+    let err = store.enroll_host([4; 32], key(13), NOW).await.unwrap_err();
+    assert!(err.to_string().contains("mesh login"), "{err}");
+    assert_eq!(
+        store.host_by_key(key(10)).await.unwrap().unwrap().name,
+        "edge-01"
+    );
+}
+
+async fn devices_join_users_and_keys_are_never_shared(store: &impl Store) {
+    store
+        .add_invite(&user_invite("u1", 1, "alice", "operator"))
+        .await
+        .unwrap();
+    store
+        .add_invite(&user_invite("u2", 2, "alice", "operator"))
+        .await
+        .unwrap();
+    store
+        .add_invite(&user_invite("u3", 3, "bob", "viewer"))
+        .await
+        .unwrap();
+    let (alice, laptop) = store.enroll_device([1; 32], key(20), NOW).await.unwrap();
+    assert_eq!(
+        (alice.name.as_str(), alice.role.as_str()),
+        ("alice", "operator")
+    );
+    // A second device of the same user.
+    let (again, _) = store.enroll_device([2; 32], key(21), NOW).await.unwrap();
+    assert_eq!(again.id, alice.id);
+    // Bob cannot enroll alice's laptop key.
+    let err = store
+        .enroll_device([3; 32], key(20), NOW)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already enrolled"), "{err}");
+    assert_eq!(store.device(key(20)).await.unwrap(), Some(laptop));
+    assert_eq!(
+        store.user_by_id(alice.id).await.unwrap().unwrap().name,
+        "alice"
+    );
+    store.remove_user("alice").await.unwrap();
+    assert_eq!(
+        store.device(key(20)).await.unwrap(),
+        None,
+        "devices go with the user"
+    );
+}
+
+async fn roles_users_and_settings(store: &impl Store) {
+    let names: Vec<String> = store
+        .roles()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["admin", "operator", "viewer"]);
+    let mut custom = Role::built_in()[1].clone();
+    custom.name = "oslo-ops".into();
+    custom.logins = vec!["deploy".into()];
+    store.put_role(&custom).await.unwrap();
+    assert_eq!(store.role("oslo-ops").await.unwrap(), Some(custom.clone()));
+    store.add_user("carol", "oslo-ops", NOW).await.unwrap();
+    let err = store.add_user("carol", "viewer", NOW).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    let err = store
+        .add_user("dave", "no-such-role", NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    let err = store.remove_role("oslo-ops").await.unwrap_err();
+    assert!(err.to_string().contains("held by carol"), "{err}");
+    store.set_user_role("carol", "viewer").await.unwrap();
+    store.remove_role("oslo-ops").await.unwrap();
+    assert_eq!(store.user("carol").await.unwrap().unwrap().role, "viewer");
+
+    store
+        .add_invite(&host_invite("h", 9, "edge-07"))
+        .await
+        .unwrap();
+    store.enroll_host([9; 32], key(30), NOW).await.unwrap();
+    let settings = HostSettings {
+        remote_shell: false,
+        temp_users: true,
+    };
+    store.set_host_settings("edge-07", settings).await.unwrap();
+    let addrs = ["192.0.2.7:7422".parse().unwrap()];
+    store.host_seen(key(30), NOW, &addrs).await.unwrap();
+    let host = store.host("edge-07").await.unwrap().unwrap();
+    assert_eq!(host.settings, settings);
+    assert_eq!(host.last_seen, Some(NOW));
+    assert_eq!(host.addrs, addrs);
+    assert!(store.set_host_settings("nope", settings).await.is_err());
+    store.set_meta("addr", "192.0.2.1:7400").await.unwrap();
+    assert_eq!(
+        store.meta("addr").await.unwrap().as_deref(),
+        Some("192.0.2.1:7400")
+    );
+    store.remove_invite("nope").await.unwrap_err();
+}
+
+async fn run_all<S: Store>(make: impl AsyncFn() -> S) {
+    enrollment_is_one_time_and_names_are_unique(&make().await).await;
+    devices_join_users_and_keys_are_never_shared(&make().await).await;
+    roles_users_and_settings(&make().await).await;
+}
+
+#[tokio::test]
+async fn the_memory_store_conforms() {
+    run_all(async || MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn the_sqlite_store_conforms_and_keeps_state_across_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = std::sync::atomic::AtomicU32::new(0);
+    run_all(async || {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        SqliteStore::create(&dir.path().join(format!("db{n}")))
+            .await
+            .unwrap()
+    })
+    .await;
+    // Reopen one and find its state.
+    let reopened = SqliteStore::open(&dir.path().join("db2")).await.unwrap();
+    assert!(reopened.host("edge-07").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn the_sqlite_store_refuses_bad_files_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = SqliteStore::open(&dir.path().join("none"))
+        .await
+        .unwrap_err();
+    assert!(
+        missing.to_string().contains("mesh coordinator init"),
+        "{missing}"
+    );
+
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, vec![0x5a; 8192]).unwrap();
+    let err = SqliteStore::open(&garbage).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unusable(_)), "{err}");
+    assert_eq!(
+        std::fs::read(&garbage).unwrap(),
+        vec![0x5a; 8192],
+        "left untouched"
+    );
+
+    let existing = dir.path().join("db");
+    SqliteStore::create(&existing).await.unwrap().close().await;
+    let err = SqliteStore::create(&existing).await.unwrap_err();
+    assert!(err.to_string().contains("refusing to overwrite"), "{err}");
+
+    // A database file that is not ours.
+    let foreign = dir.path().join("foreign");
+    {
+        let other = SqliteStore::create(&foreign).await.unwrap();
+        other.set_meta("format", "something-else").await.unwrap();
+        other.close().await;
+    }
+    let err = SqliteStore::open(&foreign).await.unwrap_err();
+    assert!(
+        err.to_string().contains("not a mesh coordinator database"),
+        "{err}"
+    );
+
+    // A database whose pages were overwritten in the middle.
+    let damaged = dir.path().join("damaged");
+    {
+        let store = SqliteStore::create(&damaged).await.unwrap();
+        store.set_meta("x", "y").await.unwrap();
+        store.close().await;
+    }
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    for b in bytes.iter_mut().skip(100) {
+        *b = 0xff;
+    }
+    std::fs::write(&damaged, &bytes).unwrap();
+    let err = SqliteStore::open(&damaged).await.unwrap_err();
+    assert!(!err.to_string().contains('\n'), "one line: {err}");
+}

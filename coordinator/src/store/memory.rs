@@ -1,0 +1,301 @@
+//! The in-memory store: for the simulator (no worker thread, so virtual time stays
+//! deterministic) and for tests. Nothing survives the process.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use mesh_proto::{NodeId, UnixTime, UserId};
+
+use super::{Store, StoreError, StoreResult, host_name_taken, key_taken};
+use crate::model::{Device, Host, HostSettings, Invite, InviteFor, Role, User};
+
+/// Everything in one mutex: each method holds it for its whole body, so each is atomic.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    meta: BTreeMap<String, String>,
+    users: BTreeMap<String, User>,
+    next_user_id: u64,
+    devices: BTreeMap<NodeId, Device>,
+    hosts: BTreeMap<String, Host>,
+    roles: BTreeMap<String, Role>,
+    invites: Vec<Invite>,
+}
+
+impl MemoryStore {
+    /// An empty store holding the built-in roles.
+    pub fn new() -> Self {
+        let store = Self::default();
+        {
+            let mut state = store.lock();
+            for role in Role::built_in() {
+                state.roles.insert(role.name.clone(), role);
+            }
+        }
+        store
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every method leaves the state consistent before it could panic.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl State {
+    fn key_in_use(&self, key: NodeId) -> bool {
+        self.devices.contains_key(&key) || self.hosts.values().any(|h| h.key == key)
+    }
+
+    fn take_invite(&mut self, secret_hash: [u8; 32], now: UnixTime) -> StoreResult<Invite> {
+        let index = self
+            .invites
+            .iter()
+            .position(|i| i.secret_hash == secret_hash)
+            .ok_or(StoreError::InviteUnknown)?;
+        let invite = &self.invites[index];
+        if invite.expires_at < now {
+            return Err(StoreError::InviteExpired(invite.expires_at));
+        }
+        Ok(self.invites.remove(index))
+    }
+
+    fn insert_user(&mut self, name: &str, role: &str, now: UnixTime) -> StoreResult<User> {
+        if self.users.contains_key(name) {
+            return Err(StoreError::Conflict(format!("user {name} already exists")));
+        }
+        if !self.roles.contains_key(role) {
+            return Err(StoreError::NotFound(format!("no role {role}")));
+        }
+        self.next_user_id += 1;
+        let user = User {
+            id: UserId(self.next_user_id),
+            name: name.to_owned(),
+            role: role.to_owned(),
+            created_at: now,
+        };
+        self.users.insert(name.to_owned(), user.clone());
+        Ok(user)
+    }
+}
+
+impl Store for MemoryStore {
+    async fn meta(&self, key: &str) -> StoreResult<Option<String>> {
+        Ok(self.lock().meta.get(key).cloned())
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> StoreResult<()> {
+        self.lock().meta.insert(key.to_owned(), value.to_owned());
+        Ok(())
+    }
+
+    async fn add_user(&self, name: &str, role: &str, now: UnixTime) -> StoreResult<User> {
+        self.lock().insert_user(name, role, now)
+    }
+
+    async fn user(&self, name: &str) -> StoreResult<Option<User>> {
+        Ok(self.lock().users.get(name).cloned())
+    }
+
+    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>> {
+        Ok(self.lock().users.values().find(|u| u.id == id).cloned())
+    }
+
+    async fn users(&self) -> StoreResult<Vec<User>> {
+        Ok(self.lock().users.values().cloned().collect())
+    }
+
+    async fn set_user_role(&self, name: &str, role: &str) -> StoreResult<()> {
+        let mut state = self.lock();
+        if !state.roles.contains_key(role) {
+            return Err(StoreError::NotFound(format!("no role {role}")));
+        }
+        let user = state
+            .users
+            .get_mut(name)
+            .ok_or_else(|| StoreError::NotFound(format!("no user {name}")))?;
+        user.role = role.to_owned();
+        Ok(())
+    }
+
+    async fn remove_user(&self, name: &str) -> StoreResult<()> {
+        let mut state = self.lock();
+        let user = state
+            .users
+            .remove(name)
+            .ok_or_else(|| StoreError::NotFound(format!("no user {name}")))?;
+        state.devices.retain(|_, d| d.user_id != user.id);
+        Ok(())
+    }
+
+    async fn device(&self, key: NodeId) -> StoreResult<Option<Device>> {
+        Ok(self.lock().devices.get(&key).cloned())
+    }
+
+    async fn host(&self, name: &str) -> StoreResult<Option<Host>> {
+        Ok(self.lock().hosts.get(name).cloned())
+    }
+
+    async fn host_by_key(&self, key: NodeId) -> StoreResult<Option<Host>> {
+        Ok(self.lock().hosts.values().find(|h| h.key == key).cloned())
+    }
+
+    async fn hosts(&self) -> StoreResult<Vec<Host>> {
+        Ok(self.lock().hosts.values().cloned().collect())
+    }
+
+    async fn set_host_settings(&self, name: &str, settings: HostSettings) -> StoreResult<()> {
+        let mut state = self.lock();
+        let host = state
+            .hosts
+            .get_mut(name)
+            .ok_or_else(|| StoreError::NotFound(format!("no host {name}")))?;
+        host.settings = settings;
+        Ok(())
+    }
+
+    async fn host_seen(
+        &self,
+        key: NodeId,
+        when: UnixTime,
+        addrs: &[SocketAddr],
+    ) -> StoreResult<()> {
+        let mut state = self.lock();
+        if let Some(host) = state.hosts.values_mut().find(|h| h.key == key) {
+            host.last_seen = Some(when);
+            host.addrs = addrs.to_vec();
+        }
+        Ok(())
+    }
+
+    async fn put_role(&self, role: &Role) -> StoreResult<()> {
+        self.lock().roles.insert(role.name.clone(), role.clone());
+        Ok(())
+    }
+
+    async fn role(&self, name: &str) -> StoreResult<Option<Role>> {
+        Ok(self.lock().roles.get(name).cloned())
+    }
+
+    async fn roles(&self) -> StoreResult<Vec<Role>> {
+        Ok(self.lock().roles.values().cloned().collect())
+    }
+
+    async fn remove_role(&self, name: &str) -> StoreResult<()> {
+        let mut state = self.lock();
+        if let Some(user) = state.users.values().find(|u| u.role == name) {
+            return Err(StoreError::Conflict(format!(
+                "role {name} is held by {}; give its users another role first",
+                user.name
+            )));
+        }
+        state
+            .roles
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| StoreError::NotFound(format!("no role {name}")))
+    }
+
+    async fn add_invite(&self, invite: &Invite) -> StoreResult<()> {
+        let mut state = self.lock();
+        if state.invites.iter().any(|i| i.id == invite.id) {
+            return Err(StoreError::Conflict(format!("invite {} exists", invite.id)));
+        }
+        state.invites.push(invite.clone());
+        Ok(())
+    }
+
+    async fn invites(&self) -> StoreResult<Vec<Invite>> {
+        Ok(self.lock().invites.clone())
+    }
+
+    async fn remove_invite(&self, id: &str) -> StoreResult<()> {
+        let mut state = self.lock();
+        let before = state.invites.len();
+        state.invites.retain(|i| i.id != id);
+        if state.invites.len() == before {
+            return Err(StoreError::NotFound(format!("no pending invite {id}")));
+        }
+        Ok(())
+    }
+
+    async fn enroll_host(
+        &self,
+        secret_hash: [u8; 32],
+        key: NodeId,
+        now: UnixTime,
+    ) -> StoreResult<Host> {
+        let mut state = self.lock();
+        let invite = state.take_invite(secret_hash, now)?;
+        let InviteFor::Host { name, labels } = invite.what.clone() else {
+            state.invites.push(invite);
+            return Err(StoreError::Conflict(
+                "this token enrolls a user's device; use `mesh login`".into(),
+            ));
+        };
+        let refusal = if state.hosts.contains_key(&name) {
+            Some(host_name_taken(&name))
+        } else if state.key_in_use(key) {
+            Some(key_taken(key))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            // Not spent: the admin can still use it with the right machine.
+            state.invites.push(invite);
+            return Err(refusal);
+        }
+        let host = Host {
+            name: name.clone(),
+            key,
+            labels,
+            settings: HostSettings::default(),
+            enrolled_at: now,
+            last_seen: None,
+            addrs: Vec::new(),
+        };
+        state.hosts.insert(name, host.clone());
+        Ok(host)
+    }
+
+    async fn enroll_device(
+        &self,
+        secret_hash: [u8; 32],
+        key: NodeId,
+        now: UnixTime,
+    ) -> StoreResult<(User, Device)> {
+        let mut state = self.lock();
+        let invite = state.take_invite(secret_hash, now)?;
+        let InviteFor::User { name, role } = invite.what.clone() else {
+            state.invites.push(invite);
+            return Err(StoreError::Conflict(
+                "this token enrolls a host; use `mesh node join`".into(),
+            ));
+        };
+        if state.key_in_use(key) {
+            state.invites.push(invite);
+            return Err(key_taken(key));
+        }
+        let user = match state.users.get(&name) {
+            Some(user) => user.clone(),
+            None => match state.insert_user(&name, &role, now) {
+                Ok(user) => user,
+                Err(e) => {
+                    state.invites.push(invite);
+                    return Err(e);
+                }
+            },
+        };
+        let device = Device {
+            key,
+            user_id: user.id,
+            enrolled_at: now,
+        };
+        state.devices.insert(key, device.clone());
+        Ok((user, device))
+    }
+}
