@@ -9,6 +9,8 @@
 //! Still to come with issue #5: enrollment, grant issuing and the control protocol server.
 //! See `ARCHITECTURE.md`.
 
+pub mod home;
 pub mod model;
 pub mod policy;
+pub mod server;
 pub mod store;

@@ -81,6 +81,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The coordinator (or a local check) refused a request; the text says why.
+    #[error("{0}")]
+    Refused(String),
     /// A session process could not start the session; nothing runs.
     #[error("session could not start: {0}")]
     SessionStart(String),

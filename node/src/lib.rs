@@ -12,6 +12,7 @@
 //! session host and client and the agent arrive with their issues (see `ARCHITECTURE.md`).
 
 pub mod agent;
+pub mod control;
 pub mod endpoint;
 pub mod error;
 pub mod framed;

@@ -1,6 +1,12 @@
-//! Control protocol: presence, observed addresses, coordinator time, pushed revocations.
+//! Control protocol between nodes (hosts, clients) and the coordinator, under ALPN
+//! `mesh/control/1`.
 //!
-//! The coordinator issue grows this set (enrollment, grant requests, directory, settings).
+//! Each request is one bidirectional stream: the node sends one request message and reads one
+//! reply (or a [`Failure`]). A host also keeps one long-lived *presence* stream open: it sends
+//! [`Hello`], the coordinator answers [`Welcome`] and then pushes [`Settings`] and revocations
+//! on it as they change, while the host measures clock offset with [`TimeRequest`].
+//! Who is asking is the key proven in the TLS handshake; nothing in a message claims an
+//! identity.
 
 use std::net::SocketAddr;
 
@@ -28,7 +34,290 @@ crate::wire_messages! {
         5 => Revoke(Revoke),
         /// Either way: a failure the other side should show.
         6 => Failure(Failure),
+        /// Node → coordinator: enroll the connecting key with a token.
+        7 => Enroll(Enroll),
+        /// Coordinator → node: enrolled.
+        8 => Enrolled(Enrolled),
+        /// Client → coordinator: a grant for one session.
+        9 => GrantRequest(SessionGrantRequest),
+        /// Coordinator → client: the grant and where the host is.
+        10 => Granted(Granted),
+        /// Client → coordinator: offline grants for every host this user may reach.
+        11 => OfflineGrantsRequest(OfflineGrantsRequest),
+        /// Coordinator → client: the offline grants.
+        12 => OfflineGrants(OfflineGrants),
+        /// Client → coordinator: the host directory.
+        13 => HostsRequest(HostsRequest),
+        /// Coordinator → client: the directory.
+        14 => Hosts(Hosts),
+        /// Admin → coordinator: change a host's settings.
+        15 => HostSet(HostSet),
+        /// Coordinator → node: a request succeeded; the text says what changed.
+        16 => Done(Done),
+        /// Coordinator → host (presence stream): the host's current settings.
+        17 => Settings(Settings),
+        /// Admin → coordinator: create an enrollment token.
+        18 => InviteCreate(InviteCreate),
+        /// Coordinator → admin: the token.
+        19 => Invited(Invited),
+        /// Admin → coordinator: list pending invites.
+        20 => InviteListRequest(InviteListRequest),
+        /// Coordinator → admin: pending invites.
+        21 => InviteList(InviteList),
+        /// Admin → coordinator: withdraw a pending invite.
+        22 => InviteRevoke(InviteRevoke),
     }
+}
+
+/// Longest name (user, host, role, login) carried in control messages.
+pub const MAX_NAME: usize = 64;
+/// Most labels on a host.
+pub const MAX_LABELS: usize = 32;
+/// Most hosts in one directory or offline-grant reply.
+pub const MAX_HOSTS: usize = 512;
+/// Most pending invites listed.
+pub const MAX_INVITES: usize = 512;
+
+/// A host label.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Label {
+    /// Key.
+    pub key: String,
+    /// Value.
+    pub value: String,
+}
+
+/// A host's settings, as the coordinator holds them.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Settings {
+    /// New sessions allowed.
+    pub remote_shell: bool,
+    /// Temporary accounts allowed.
+    pub temp_users: bool,
+}
+
+/// Enroll the connecting key.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Enroll {
+    /// The token's signed envelope.
+    #[serde(with = "serde_bytes")]
+    pub token: Vec<u8>,
+}
+
+/// What the key was enrolled as.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum Enrolled {
+    /// A host, under this name.
+    Host {
+        /// The host's name.
+        name: String,
+    },
+    /// A device of this user, with this role.
+    Device {
+        /// The user's name.
+        user: String,
+        /// The user's role.
+        role: String,
+    },
+}
+
+/// Ask for a grant for one session.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct SessionGrantRequest {
+    /// The host's name.
+    pub host: String,
+    /// The Unix login; `None` for a temporary account.
+    pub login: Option<String>,
+    /// A command (exec) rather than a shell.
+    pub command: bool,
+}
+
+/// Where to reach a host.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct HostContact {
+    /// The host's name.
+    pub name: String,
+    /// The host's key.
+    pub key: NodeId,
+    /// Addresses to try, best first.
+    #[serde(deserialize_with = "bounded_vec::<_, _, MAX_LISTEN_ADDRS>")]
+    #[cfg_attr(
+        test,
+        proptest(strategy = "crate::messages::tests::socket_addrs(MAX_LISTEN_ADDRS)")
+    )]
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// A granted session.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Granted {
+    /// The signed grant.
+    #[serde(with = "serde_bytes")]
+    pub grant: Vec<u8>,
+    /// The host.
+    pub host: HostContact,
+}
+
+/// Ask for offline grants.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct OfflineGrantsRequest;
+
+/// Offline grants, one per reachable host and allowed login.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct OfflineGrants {
+    /// The grants with their hosts.
+    #[serde(deserialize_with = "bounded_vec::<_, _, MAX_HOSTS>")]
+    #[cfg_attr(test, proptest(strategy = "crate::messages::tests::vec_up_to(4)"))]
+    pub grants: Vec<Granted>,
+}
+
+/// Ask for the directory.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct HostsRequest;
+
+/// One host in the directory.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct HostEntry {
+    /// Name.
+    pub name: String,
+    /// Key.
+    pub key: NodeId,
+    /// Whether its presence stream is up now.
+    pub online: bool,
+    /// When it was last heard from.
+    pub last_seen: Option<UnixTime>,
+    /// Labels.
+    #[serde(deserialize_with = "bounded_vec::<_, _, MAX_LABELS>")]
+    #[cfg_attr(
+        test,
+        proptest(strategy = "crate::messages::tests::vec_up_to(MAX_LABELS)")
+    )]
+    pub labels: Vec<Label>,
+    /// Settings.
+    pub settings: Settings,
+}
+
+/// The directory.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Hosts {
+    /// Hosts, by name.
+    #[serde(deserialize_with = "bounded_vec::<_, _, MAX_HOSTS>")]
+    #[cfg_attr(test, proptest(strategy = "crate::messages::tests::vec_up_to(4)"))]
+    pub hosts: Vec<HostEntry>,
+}
+
+/// Change a host's settings; `None` leaves one as it is.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct HostSet {
+    /// The host's name.
+    pub host: String,
+    /// remote-shell=on|off.
+    pub remote_shell: Option<bool>,
+    /// temp-users=on|off.
+    pub temp_users: Option<bool>,
+}
+
+/// A request succeeded.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Done {
+    /// One line for the user.
+    pub message: String,
+}
+
+/// What an invite enrolls.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum InviteTarget {
+    /// A host with this name and these labels.
+    Host {
+        /// Name.
+        name: String,
+        /// Labels.
+        #[serde(deserialize_with = "bounded_vec::<_, _, MAX_LABELS>")]
+        #[cfg_attr(
+            test,
+            proptest(strategy = "crate::messages::tests::vec_up_to(MAX_LABELS)")
+        )]
+        labels: Vec<Label>,
+    },
+    /// A device of this user (created with this role if new).
+    User {
+        /// Name.
+        name: String,
+        /// Role.
+        role: String,
+    },
+}
+
+/// Create an invite.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct InviteCreate {
+    /// What it enrolls.
+    pub target: InviteTarget,
+}
+
+/// A created invite.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Invited {
+    /// Its id, for `invite revoke`.
+    pub id: String,
+    /// The token text (`meshtok1…`).
+    pub token: String,
+    /// When it expires.
+    pub expires_at: UnixTime,
+}
+
+/// List pending invites.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct InviteListRequest;
+
+/// One pending invite.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct InviteEntry {
+    /// Id.
+    pub id: String,
+    /// What it enrolls.
+    pub target: InviteTarget,
+    /// Who created it.
+    pub created_by: String,
+    /// When it expires.
+    pub expires_at: UnixTime,
+}
+
+/// Pending invites.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct InviteList {
+    /// The invites.
+    #[serde(deserialize_with = "bounded_vec::<_, _, MAX_INVITES>")]
+    #[cfg_attr(test, proptest(strategy = "crate::messages::tests::vec_up_to(4)"))]
+    pub invites: Vec<InviteEntry>,
+}
+
+/// Withdraw a pending invite.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct InviteRevoke {
+    /// Its id.
+    pub id: String,
 }
 
 /// Introduces a node on its control connection.
@@ -57,6 +346,8 @@ pub struct Welcome {
     pub observed_addr: SocketAddr,
     /// The coordinator's wall-clock time when it sent this.
     pub coordinator_time: UnixTime,
+    /// The host's settings (hosts only; clients ignore them).
+    pub settings: Settings,
 }
 
 /// A request for the coordinator's time.

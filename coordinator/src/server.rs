@@ -1,0 +1,567 @@
+//! The coordinator's control-protocol server: enrollment, grants by name, the directory, host
+//! settings pushed to hosts, invites. Every request is authorized by
+//! [`authorize`](crate::policy::authorize) against the requester's role; the requester is the
+//! key proven in the TLS handshake.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use mesh_node::endpoint::{Connection, Endpoint};
+use mesh_node::framed::{FrameReader, write_frame};
+use mesh_proto::grant::ONLINE_GRANT_DEFAULT_TTL;
+use mesh_proto::messages::control::{
+    ControlMessage, Done, Enroll, Enrolled, Failure, Granted, HostContact, HostEntry, HostSet,
+    Hosts, InviteCreate, InviteEntry, InviteList, InviteRevoke, InviteTarget, Invited, Label,
+    SessionGrantRequest, Settings, TimeReply, Welcome,
+};
+use mesh_proto::token::{EnrollmentToken, TokenKind, TokenSecret, open_token};
+use mesh_proto::{
+    CaKeySet, CaSigner, Clock, Grant, GrantId, GrantKind, NodeId, Permissions, UnixTime,
+};
+use tokio::sync::mpsc;
+
+use crate::model::{Host, HostSettings, Invite, InviteFor, Role, User, check_name};
+use crate::policy::{Request, authorize};
+use crate::store::{Store, StoreError};
+
+/// How long an enrollment token is valid.
+pub const INVITE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// Settings pushes queued per host before the oldest matter no more (only the last counts).
+const PUSH_QUEUE: usize = 8;
+
+/// A coordinator: its store, its CA, its own identity and address, and who is online.
+pub struct Coordinator<S> {
+    store: S,
+    ca: CaSigner,
+    coordinator_key: NodeId,
+    addrs: Vec<String>,
+    clock: Arc<dyn Clock>,
+    presence: Mutex<HashMap<NodeId, Presence>>,
+    next_presence: AtomicU64,
+}
+
+impl<S> std::fmt::Debug for Coordinator<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("coordinator_key", &self.coordinator_key)
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A host's live presence stream.
+struct Presence {
+    id: u64,
+    push: mpsc::Sender<ControlMessage>,
+}
+
+type Reply = Result<ControlMessage, String>;
+
+impl<S: Store> Coordinator<S> {
+    /// A coordinator over `store`, signing with `ca`, reachable as `coordinator_key` at `addrs`.
+    pub fn new(
+        store: S,
+        ca: CaSigner,
+        coordinator_key: NodeId,
+        addrs: Vec<String>,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            ca,
+            coordinator_key,
+            addrs,
+            clock,
+            presence: Mutex::new(HashMap::new()),
+            next_presence: AtomicU64::new(1),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Serves connections on `endpoint` until `shutdown` completes.
+    pub async fn serve(self: Arc<Self>, endpoint: Endpoint, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                incoming = endpoint.accept() => match incoming {
+                    Some(Ok(conn)) => {
+                        tokio::spawn(self.clone().serve_connection(conn));
+                    }
+                    Some(Err(e)) => tracing::debug!("handshake failed: {e}"),
+                    None => break,
+                },
+            }
+        }
+        endpoint.close_and_flush(Duration::from_secs(1)).await;
+    }
+
+    async fn serve_connection(self: Arc<Self>, conn: Connection) {
+        while let Ok((send, recv)) = conn.quic().accept_bi().await {
+            let this = self.clone();
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.serve_stream(&conn, send, recv).await {
+                    tracing::debug!(peer = %conn.peer().short(), "control stream: {e}");
+                }
+            });
+        }
+    }
+
+    async fn serve_stream(
+        &self,
+        conn: &Connection,
+        mut send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> Result<(), mesh_node::Error> {
+        let mut recv = FrameReader::new(recv);
+        let Some(first) = recv.next::<ControlMessage>().await? else {
+            return Ok(());
+        };
+        let peer = conn.peer();
+        let reply = match first {
+            ControlMessage::Hello(hello) => {
+                return self.presence(conn, hello.listen_addrs, send, recv).await;
+            }
+            ControlMessage::Enroll(enroll) => self.enroll(peer, enroll).await,
+            other => self.user_request(peer, other).await,
+        };
+        let message = reply.unwrap_or_else(|message| ControlMessage::Failure(Failure { message }));
+        write_frame(&mut send, &message).await?;
+        let _ = send.finish();
+        Ok(())
+    }
+
+    fn now(&self) -> UnixTime {
+        self.clock.now()
+    }
+
+    async fn enroll(&self, peer: NodeId, enroll: Enroll) -> Reply {
+        let ca_keys = CaKeySet::single(self.ca.public_key());
+        let token =
+            open_token(&enroll.token, Some(&ca_keys), self.now()).map_err(|e| e.to_string())?;
+        let hash = token.secret.hash();
+        let reply = match token.kind {
+            TokenKind::Host => {
+                let host = self
+                    .store
+                    .enroll_host(hash, peer, self.now())
+                    .await
+                    .map_err(store_error)?;
+                tracing::info!(host = %host.name, key = %peer.short(), "host enrolled");
+                Enrolled::Host { name: host.name }
+            }
+            TokenKind::User => {
+                let (user, _) = self
+                    .store
+                    .enroll_device(hash, peer, self.now())
+                    .await
+                    .map_err(store_error)?;
+                tracing::info!(user = %user.name, key = %peer.short(), "device enrolled");
+                Enrolled::Device {
+                    user: user.name,
+                    role: user.role,
+                }
+            }
+        };
+        Ok(ControlMessage::Enrolled(reply))
+    }
+
+    /// Requests a user's device makes: who they are, then what they ask.
+    async fn user_request(&self, peer: NodeId, request: ControlMessage) -> Reply {
+        let device = self
+            .store
+            .device(peer)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                format!(
+                    "key {} is not enrolled as a user's device; run `mesh login TOKEN` first",
+                    peer.short()
+                )
+            })?;
+        let user = self
+            .store
+            .user_by_id(device.user_id)
+            .await
+            .map_err(store_error)?
+            .ok_or("this device's user was removed")?;
+        let role = self
+            .store
+            .role(&user.role)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                format!(
+                    "{}'s role {} no longer exists; ask an admin",
+                    user.name, user.role
+                )
+            })?;
+        match request {
+            ControlMessage::GrantRequest(request) => self.grant(peer, &user, &role, request).await,
+            ControlMessage::HostsRequest(_) => {
+                authorize(&user, &role, &Request::ListHosts).map_err(|d| d.0)?;
+                self.directory().await
+            }
+            ControlMessage::HostSet(set) => self.host_set(&user, &role, set).await,
+            ControlMessage::InviteCreate(create) => self.invite(&user, &role, create).await,
+            ControlMessage::InviteListRequest(_) => {
+                authorize(&user, &role, &Request::IssueCredentials).map_err(|d| d.0)?;
+                let invites = self.store.invites().await.map_err(store_error)?;
+                Ok(ControlMessage::InviteList(InviteList {
+                    invites: invites.into_iter().map(invite_entry).collect(),
+                }))
+            }
+            ControlMessage::InviteRevoke(InviteRevoke { id }) => {
+                authorize(&user, &role, &Request::IssueCredentials).map_err(|d| d.0)?;
+                self.store.remove_invite(&id).await.map_err(store_error)?;
+                Ok(done(format!("invite {id} revoked")))
+            }
+            ControlMessage::OfflineGrantsRequest(_) => {
+                Err("offline grants are not built yet (issue #5)".into())
+            }
+            ControlMessage::TimeRequest(request) => Ok(ControlMessage::TimeReply(TimeReply {
+                nonce: request.nonce,
+                coordinator_time: self.now(),
+            })),
+            other => Err(format!("unexpected request {other:?}")),
+        }
+    }
+
+    async fn host_named(&self, name: &str) -> Result<Host, String> {
+        self.store
+            .host(name)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| format!("no host named {name} (see `mesh hosts`)"))
+    }
+
+    async fn grant(
+        &self,
+        client: NodeId,
+        user: &User,
+        role: &Role,
+        request: SessionGrantRequest,
+    ) -> Reply {
+        let host = self.host_named(&request.host).await?;
+        let Some(login) = request.login.as_deref() else {
+            return Err("temporary accounts arrive with issue #6".into());
+        };
+        authorize(
+            user,
+            role,
+            &Request::Session {
+                host: &host,
+                login,
+                temporary: false,
+                command: request.command,
+            },
+        )
+        .map_err(|d| d.0)?;
+        let now = self.now();
+        let grant = Grant {
+            id: GrantId::random().map_err(|e| e.to_string())?,
+            user_id: user.id,
+            user_name: user.name.clone(),
+            client,
+            host: host.key,
+            login: login.to_owned(),
+            permissions: if request.command {
+                Permissions::EXEC
+            } else {
+                Permissions::SHELL
+            },
+            temporary: false,
+            kind: GrantKind::Online,
+            not_before: now,
+            not_after: now.saturating_add(ONLINE_GRANT_DEFAULT_TTL),
+            max_session_secs: role.max_session.as_secs(),
+        };
+        let signed = self.ca.sign_grant(&grant).map_err(|e| e.to_string())?;
+        tracing::info!(user = %user.name, host = %host.name, %login, grant = %grant.id, "grant issued");
+        Ok(ControlMessage::Granted(Granted {
+            grant: signed,
+            host: HostContact {
+                name: host.name,
+                key: host.key,
+                addrs: host.addrs,
+            },
+        }))
+    }
+
+    async fn directory(&self) -> Reply {
+        let hosts = self.store.hosts().await.map_err(store_error)?;
+        let online = self.online_keys();
+        Ok(ControlMessage::Hosts(Hosts {
+            hosts: hosts
+                .into_iter()
+                .map(|h| HostEntry {
+                    online: online.contains(&h.key),
+                    name: h.name,
+                    key: h.key,
+                    last_seen: h.last_seen,
+                    labels: labels_out(&h.labels),
+                    settings: settings_out(h.settings),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn host_set(&self, user: &User, role: &Role, set: HostSet) -> Reply {
+        let host = self.host_named(&set.host).await?;
+        if set.remote_shell.is_some() {
+            authorize(user, role, &Request::SetRemoteShell(&host)).map_err(|d| d.0)?;
+        }
+        if set.temp_users.is_some() {
+            authorize(user, role, &Request::SetTempUsers(&host)).map_err(|d| d.0)?;
+        }
+        let settings = HostSettings {
+            remote_shell: set.remote_shell.unwrap_or(host.settings.remote_shell),
+            temp_users: set.temp_users.unwrap_or(host.settings.temp_users),
+        };
+        self.store
+            .set_host_settings(&host.name, settings)
+            .await
+            .map_err(store_error)?;
+        let pushed = self.push(host.key, ControlMessage::Settings(settings_out(settings)));
+        tracing::info!(by = %user.name, host = %host.name, ?settings, pushed, "host settings changed");
+        let onoff = |b: bool| if b { "on" } else { "off" };
+        let delivery = if pushed {
+            "the host has been told"
+        } else {
+            "the host is offline and will be told when it connects"
+        };
+        Ok(done(format!(
+            "{}: remote-shell={} temp-users={} ({delivery})",
+            host.name,
+            onoff(settings.remote_shell),
+            onoff(settings.temp_users)
+        )))
+    }
+
+    async fn invite(&self, user: &User, role: &Role, create: InviteCreate) -> Reply {
+        authorize(user, role, &Request::IssueCredentials).map_err(|d| d.0)?;
+        let (what, kind) = match create.target {
+            InviteTarget::Host { name, labels } => {
+                check_name("host", &name)?;
+                if self.store.host(&name).await.map_err(store_error)?.is_some() {
+                    return Err(format!("host {name} is already enrolled"));
+                }
+                let labels = labels_in(labels)?;
+                (InviteFor::Host { name, labels }, TokenKind::Host)
+            }
+            InviteTarget::User { name, role } => {
+                check_name("user", &name)?;
+                if self.store.role(&role).await.map_err(store_error)?.is_none() {
+                    return Err(format!("no role {role} (see `mesh role list`)"));
+                }
+                (InviteFor::User { name, role }, TokenKind::User)
+            }
+        };
+        let (id, token, expires_at) = self.create_invite(what, kind, &user.name).await?;
+        Ok(ControlMessage::Invited(Invited {
+            id,
+            token,
+            expires_at,
+        }))
+    }
+
+    /// Stores a new invite and returns its id, token text and expiry.
+    pub async fn create_invite(
+        &self,
+        what: InviteFor,
+        kind: TokenKind,
+        created_by: &str,
+    ) -> Result<(String, String, UnixTime), String> {
+        let now = self.now();
+        let expires_at = now.saturating_add(INVITE_TTL);
+        let secret = TokenSecret::random().map_err(|e| e.to_string())?;
+        let token = EnrollmentToken {
+            ca_key: self.ca.public_key(),
+            kind,
+            coordinator_key: self.coordinator_key,
+            coordinator_addrs: self.addrs.clone(),
+            secret: secret.clone(),
+            not_after: expires_at,
+        };
+        let text = self.ca.sign_token(&token).map_err(|e| e.to_string())?;
+        let id = GrantId::random().map_err(|e| e.to_string())?.to_string()[..12].to_owned();
+        let invite = Invite {
+            id: id.clone(),
+            secret_hash: secret.hash(),
+            what,
+            created_by: created_by.to_owned(),
+            created_at: now,
+            expires_at,
+        };
+        self.store.add_invite(&invite).await.map_err(store_error)?;
+        Ok((id, text, expires_at))
+    }
+
+    /// A host's presence stream: Welcome with its settings and the coordinator's time, then
+    /// pushes, and time replies, until it closes.
+    async fn presence(
+        &self,
+        conn: &Connection,
+        listen_addrs: Vec<std::net::SocketAddr>,
+        mut send: quinn::SendStream,
+        mut recv: FrameReader<quinn::RecvStream>,
+    ) -> Result<(), mesh_node::Error> {
+        let peer = conn.peer();
+        let Some(host) = self.store.host_by_key(peer).await.ok().flatten() else {
+            let failure = ControlMessage::Failure(Failure {
+                message: format!(
+                    "key {} is not an enrolled host; run `mesh node join TOKEN` first",
+                    peer.short()
+                ),
+            });
+            write_frame(&mut send, &failure).await?;
+            let _ = send.finish();
+            return Ok(());
+        };
+        let observed = conn.quic().remote_address();
+        let addrs = contact_addrs(observed, &listen_addrs);
+        if let Err(e) = self.store.host_seen(peer, self.now(), &addrs).await {
+            tracing::warn!(host = %host.name, "cannot record presence: {e}");
+        }
+        let (push, mut pushed) = mpsc::channel(PUSH_QUEUE);
+        let id = self.next_presence.fetch_add(1, Ordering::Relaxed);
+        self.lock_presence().insert(peer, Presence { id, push });
+        tracing::info!(host = %host.name, %observed, "host online");
+        let welcome = ControlMessage::Welcome(Welcome {
+            observed_addr: observed,
+            coordinator_time: self.now(),
+            settings: settings_out(host.settings),
+        });
+        let result = async {
+            write_frame(&mut send, &welcome).await?;
+            loop {
+                tokio::select! {
+                    biased;
+                    message = pushed.recv() => match message {
+                        Some(message) => write_frame(&mut send, &message).await?,
+                        None => return Ok(()),
+                    },
+                    frame = recv.next::<ControlMessage>() => match frame? {
+                        Some(ControlMessage::TimeRequest(request)) => {
+                            let reply = ControlMessage::TimeReply(TimeReply {
+                                nonce: request.nonce,
+                                coordinator_time: self.now(),
+                            });
+                            write_frame(&mut send, &reply).await?;
+                        }
+                        Some(_) => {}
+                        None => return Ok(()),
+                    },
+                }
+            }
+        }
+        .await;
+        {
+            let mut presence = self.lock_presence();
+            if presence.get(&peer).is_some_and(|p| p.id == id) {
+                presence.remove(&peer);
+            }
+        }
+        let _ = self.store.host_seen(peer, self.now(), &addrs).await;
+        tracing::info!(host = %host.name, "host offline");
+        result
+    }
+
+    fn lock_presence(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Presence>> {
+        self.presence.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn online_keys(&self) -> Vec<NodeId> {
+        self.lock_presence().keys().copied().collect()
+    }
+
+    /// Sends `message` on the host's presence stream; false if it is offline.
+    fn push(&self, host: NodeId, message: ControlMessage) -> bool {
+        self.lock_presence()
+            .get(&host)
+            .is_some_and(|p| p.push.try_send(message).is_ok())
+    }
+}
+
+/// Addresses a client should try for a host: where the coordinator saw it (the same socket
+/// serves sessions), then the addresses it listens on that name a real interface.
+fn contact_addrs(
+    observed: std::net::SocketAddr,
+    listen: &[std::net::SocketAddr],
+) -> Vec<std::net::SocketAddr> {
+    let mut addrs = vec![observed];
+    for addr in listen {
+        let concrete = if addr.ip().is_unspecified() {
+            std::net::SocketAddr::new(observed.ip(), addr.port())
+        } else {
+            *addr
+        };
+        if !addrs.contains(&concrete) {
+            addrs.push(concrete);
+        }
+    }
+    addrs
+}
+
+fn done(message: String) -> ControlMessage {
+    ControlMessage::Done(Done { message })
+}
+
+fn store_error(e: StoreError) -> String {
+    e.to_string()
+}
+
+fn settings_out(s: HostSettings) -> Settings {
+    Settings {
+        remote_shell: s.remote_shell,
+        temp_users: s.temp_users,
+    }
+}
+
+fn labels_out(labels: &BTreeMap<String, String>) -> Vec<Label> {
+    labels
+        .iter()
+        .map(|(key, value)| Label {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+fn labels_in(labels: Vec<Label>) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for Label { key, value } in labels {
+        check_name("label", &key)?;
+        if value.is_empty() || value.len() > 128 || value.chars().any(char::is_control) {
+            return Err(format!(
+                "label {key}: value must be 1-128 printable characters"
+            ));
+        }
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+fn invite_entry(invite: Invite) -> InviteEntry {
+    InviteEntry {
+        id: invite.id,
+        target: match invite.what {
+            InviteFor::Host { name, labels } => InviteTarget::Host {
+                name,
+                labels: labels_out(&labels),
+            },
+            InviteFor::User { name, role } => InviteTarget::User { name, role },
+        },
+        created_by: invite.created_by,
+        expires_at: invite.expires_at,
+    }
+}

@@ -1,0 +1,202 @@
+//! The control protocol, node side: enrollment, one request per stream, and where a node keeps
+//! what enrollment taught it (`enrollment.toml` in its home).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use mesh_proto::messages::CONTROL_ALPN;
+use mesh_proto::messages::control::{ControlMessage, Enroll, Enrolled};
+use mesh_proto::token::{open_token, token_bytes_from_text};
+use mesh_proto::{CaKeySet, NodeId, UnixTime};
+use serde::{Deserialize, Serialize};
+
+use crate::endpoint::{Connection, Endpoint};
+use crate::error::Error;
+use crate::framed::{FrameReader, write_frame};
+
+/// The file in a home that records the enrollment.
+pub const ENROLLMENT_FILE: &str = "enrollment.toml";
+/// How long one attempt to reach one coordinator address may take.
+const CONNECT_ATTEMPT: Duration = Duration::from_secs(5);
+
+/// What a node learned when it enrolled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enrollment {
+    /// The coordinator's key.
+    pub coordinator_key: NodeId,
+    /// Where to reach it, in order of preference.
+    pub coordinator_addrs: Vec<String>,
+    /// The CA keys grants are checked against.
+    pub ca_keys: Vec<NodeId>,
+    /// Host name, or the user this device belongs to.
+    pub enrolled_as: EnrolledAs,
+}
+
+/// Which kind of node this is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrolledAs {
+    /// A host with this name.
+    Host {
+        /// Its name.
+        name: String,
+    },
+    /// A device of this user.
+    User {
+        /// The user's name.
+        name: String,
+    },
+}
+
+impl Enrollment {
+    /// Reads the home's enrollment, `None` if it has none.
+    pub fn load(home: &Path) -> Result<Option<Self>, Error> {
+        let path = home.join(ENROLLMENT_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).map(Some).map_err(|e| Error::Config {
+                path,
+                reason: e.message().lines().next().unwrap_or("invalid").to_owned(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Io {
+                what: "cannot read",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Writes it to the home, refusing to replace an existing enrollment.
+    pub fn save(&self, home: &Path) -> Result<(), Error> {
+        let path = home.join(ENROLLMENT_FILE);
+        let text = toml::to_string(self).map_err(|e| Error::Config {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|source| {
+                if source.kind() == std::io::ErrorKind::AlreadyExists {
+                    Error::Refused(format!(
+                        "{} is already enrolled ({}); use another --home for another identity",
+                        path.parent().unwrap_or(&path).display(),
+                        path.display()
+                    ))
+                } else {
+                    Error::Io {
+                        what: "cannot write",
+                        path: path.clone(),
+                        source,
+                    }
+                }
+            })?;
+        std::io::Write::write_all(&mut file, text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|source| Error::Io {
+                what: "cannot write",
+                path,
+                source,
+            })
+    }
+
+    /// The pinned CA keys as a set.
+    pub fn ca_key_set(&self) -> Option<CaKeySet> {
+        let mut keys = self.ca_keys.iter();
+        let mut set = CaKeySet::single(*keys.next()?);
+        for key in keys {
+            set.pin(*key);
+        }
+        Some(set)
+    }
+}
+
+/// Connects to the coordinator at the first of `addrs` that answers as `key`.
+pub async fn connect_coordinator(
+    endpoint: &Endpoint,
+    key: NodeId,
+    addrs: &[String],
+) -> Result<Connection, Error> {
+    let mut last = None;
+    for addr in addrs {
+        let resolved: Vec<SocketAddr> = match tokio::net::lookup_host(addr.as_str()).await {
+            Ok(found) => found.collect(),
+            Err(e) => {
+                last = Some(Error::Refused(format!("cannot resolve {addr}: {e}")));
+                continue;
+            }
+        };
+        for socket_addr in resolved {
+            match tokio::time::timeout(
+                CONNECT_ATTEMPT,
+                endpoint.connect(socket_addr, key, CONTROL_ALPN),
+            )
+            .await
+            {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    last = Some(Error::Refused(format!(
+                        "no answer from the coordinator at {addr}"
+                    )));
+                }
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Refused("no coordinator address is known".into())))
+}
+
+/// Sends one request on a new stream and returns the reply; a [`Failure`] reply becomes
+/// [`Error::Refused`] with the coordinator's words.
+///
+/// [`Failure`]: mesh_proto::messages::control::Failure
+pub async fn request(conn: &Connection, message: &ControlMessage) -> Result<ControlMessage, Error> {
+    let (mut send, recv) = conn.quic().open_bi().await.map_err(Error::Connection)?;
+    write_frame(&mut send, message).await?;
+    let _ = send.finish();
+    let mut recv = FrameReader::new(recv);
+    match recv.next::<ControlMessage>().await? {
+        Some(ControlMessage::Failure(failure)) => Err(Error::Refused(failure.message)),
+        Some(reply) => Ok(reply),
+        None => Err(Error::Stream(
+            "the coordinator closed the request without an answer".into(),
+        )),
+    }
+}
+
+/// Enrolls `endpoint`'s key with the token in `token_text`: checks the token's signature and
+/// expiry locally, connects to the coordinator it names, redeems it, and returns what to save.
+pub async fn enroll(
+    endpoint: &Endpoint,
+    token_text: &str,
+    coordinator_override: Option<String>,
+    now: UnixTime,
+) -> Result<Enrollment, Error> {
+    let bytes = token_bytes_from_text(token_text).map_err(|e| Error::Refused(e.to_string()))?;
+    let token = open_token(&bytes, None, now).map_err(|e| Error::Refused(e.to_string()))?;
+    let addrs = match coordinator_override {
+        Some(addr) => vec![addr],
+        None => token.coordinator_addrs.clone(),
+    };
+    let conn = connect_coordinator(endpoint, token.coordinator_key, &addrs).await?;
+    let reply = request(&conn, &ControlMessage::Enroll(Enroll { token: bytes })).await?;
+    conn.quic().close(0u32.into(), b"enrolled");
+    let enrolled_as = match reply {
+        ControlMessage::Enrolled(Enrolled::Host { name }) => EnrolledAs::Host { name },
+        ControlMessage::Enrolled(Enrolled::Device { user, .. }) => EnrolledAs::User { name: user },
+        other => {
+            return Err(Error::Stream(format!(
+                "unexpected reply to Enroll: {other:?}"
+            )));
+        }
+    };
+    Ok(Enrollment {
+        coordinator_key: token.coordinator_key,
+        coordinator_addrs: addrs,
+        ca_keys: vec![token.ca_key],
+        enrolled_as,
+    })
+}
