@@ -22,6 +22,8 @@ pub(crate) enum Failure {
     Session(String),
     /// Any other command failed: exit 1.
     Failed(String),
+    /// A command's arguments make no sense together: exit 2.
+    Usage(String),
 }
 
 impl Failure {
@@ -44,6 +46,10 @@ impl Failure {
             Self::Failed(message) => {
                 eprintln!("mesh: {message}");
                 ExitCode::FAILURE
+            }
+            Self::Usage(message) => {
+                eprintln!("mesh: {message}");
+                ExitCode::from(USAGE)
             }
         }
     }

@@ -7,16 +7,19 @@
 //! error. A command whose issue is still open exits 2 with one line saying so.
 
 mod args;
+mod control;
 mod exit;
 mod remote;
 mod terminal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use args::{Cli, Command, CoordinatorCommand, NodeCommand};
+use args::{Cli, Command, CoordinatorCommand, HostCommand, InviteCommand, NodeCommand};
 use exit::Failure;
 use mesh_node::session::host::SessionProgram;
+use mesh_proto::messages::control::InviteTarget;
 
 fn main() -> ExitCode {
     let cli = match args::parse(std::env::args_os()) {
@@ -33,19 +36,24 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let home = cli.home.clone();
     match cli.command {
         Command::Demo { .. } => Err(not_built("demo", 5)),
-        Command::Coordinator(CoordinatorCommand::Init { .. }) => {
-            Err(not_built("coordinator init", 5))
+        Command::Coordinator(CoordinatorCommand::Init { addr }) => {
+            control::coordinator_init(&home_dir(home)?, addr)
         }
-        Command::Coordinator(CoordinatorCommand::Serve { .. }) => {
-            Err(not_built("coordinator serve", 5))
+        Command::Coordinator(CoordinatorCommand::Serve { listen }) => {
+            logging("info");
+            control::coordinator_serve(&home_dir(home)?, listen)
         }
         Command::Coordinator(CoordinatorCommand::Grant { .. }) => {
             Err(not_built("coordinator grant", 5))
         }
-        Command::Node(NodeCommand::Join(_)) => Err(not_built("node join", 5)),
+        Command::Node(NodeCommand::Join(enroll)) => {
+            control::enroll_home(&home_dir(home)?, &enroll.token, enroll.coordinator, true)
+        }
         Command::Node(NodeCommand::Run) => node_run(&home_dir(home)?),
-        Command::Login(_) => Err(not_built("login", 5)),
-        Command::Hosts(_) => Err(not_built("hosts", 5)),
+        Command::Login(enroll) => {
+            control::enroll_home(&home_dir(home)?, &enroll.token, enroll.coordinator, false)
+        }
+        Command::Hosts(json) => control::hosts(&home_dir(home)?, json.json),
         Command::Shell(args) => {
             logging("warn");
             let request = remote::Request {
@@ -67,8 +75,23 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::SessionProcess => session_process(),
         Command::Path { .. } => Err(not_built("path", 8)),
-        Command::Invite(_) => Err(not_built("invite", 5)),
-        Command::Host(_) => Err(not_built("host set", 5)),
+        Command::Invite(InviteCommand::Host { name, labels }) => {
+            let labels = control::labels(&labels)?;
+            control::invite(&home_dir(home)?, InviteTarget::Host { name, labels })
+        }
+        Command::Invite(InviteCommand::User { name, role }) => {
+            let role = role.unwrap_or_else(|| "viewer".into());
+            control::invite(&home_dir(home)?, InviteTarget::User { name, role })
+        }
+        Command::Invite(InviteCommand::List(json)) => {
+            control::invite_list(&home_dir(home)?, json.json)
+        }
+        Command::Invite(InviteCommand::Revoke { id }) => {
+            control::invite_revoke(&home_dir(home)?, id)
+        }
+        Command::Host(HostCommand::Set { host, settings }) => {
+            control::host_set(&home_dir(home)?, host, &settings)
+        }
         Command::User(_) => Err(not_built("user", 5)),
         Command::Role(_) => Err(not_built("role", 5)),
         Command::Netsim(_) => Err(not_built("netsim", 7)),
@@ -131,24 +154,30 @@ fn node_run(home: &std::path::Path) -> Result<ExitCode, Failure> {
         .build()
         .map_err(|e| Failure::Failed(format!("cannot start the runtime: {e}")))?;
     runtime
-        .block_on(async {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (mut term, mut int) = (
-                signal(SignalKind::terminate()).map_err(|e| e.to_string())?,
-                signal(SignalKind::interrupt()).map_err(|e| e.to_string())?,
-            );
-            let shutdown = async move {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            };
-            mesh_node::agent::run(home, program, shutdown)
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .map_err(Failure::Failed)?;
+        .block_on(mesh_node::agent::run(
+            home,
+            program,
+            Arc::new(mesh_proto::SystemClock),
+            shutdown_signal(),
+        ))
+        .map_err(|e| Failure::Failed(e.to_string()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Completes at the first SIGTERM or SIGINT (never, if the handlers cannot be installed:
+/// then the default actions end the process anyway).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }
 
 /// The hidden per-session process the agent starts (DESIGN.md, "Sessions").

@@ -200,3 +200,57 @@ pub async fn enroll(
         enrolled_as,
     })
 }
+
+/// A client device's connection to its coordinator, made from its home: its key, its
+/// enrollment, one endpoint (reused for the host afterwards).
+#[derive(Debug)]
+pub struct ClientLink {
+    /// The endpoint (this device's key, one UDP socket).
+    pub endpoint: Endpoint,
+    /// The open control connection.
+    pub conn: Connection,
+    /// What enrollment recorded.
+    pub enrollment: Enrollment,
+}
+
+/// Opens the device's endpoint from `home` and connects it to the coordinator.
+pub async fn connect_from_home(home: &Path) -> Result<ClientLink, Error> {
+    let enrollment = Enrollment::load(home)?.ok_or_else(|| {
+        Error::Refused(format!(
+            "{} is not enrolled: run `mesh login TOKEN` (or pass --home)",
+            home.display()
+        ))
+    })?;
+    if !matches!(enrollment.enrolled_as, EnrolledAs::User { .. }) {
+        return Err(Error::Refused(format!(
+            "{} belongs to a host, not a user's device; use your own --home",
+            home.display()
+        )));
+    }
+    let endpoint = client_endpoint(home)?;
+    let conn = connect_coordinator(
+        &endpoint,
+        enrollment.coordinator_key,
+        &enrollment.coordinator_addrs,
+    )
+    .await?;
+    Ok(ClientLink {
+        endpoint,
+        conn,
+        enrollment,
+    })
+}
+
+/// An endpoint with the home's key on a fresh UDP socket (all interfaces, any port).
+pub fn client_endpoint(home: &Path) -> Result<Endpoint, Error> {
+    let key = crate::keyfile::read_secret_key(&home.join(crate::agent::KEY_FILE))?;
+    let socket =
+        crate::udp::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))).map_err(|source| {
+            Error::Io {
+                what: "cannot open a UDP socket",
+                path: home.to_owned(),
+                source,
+            }
+        })?;
+    Endpoint::new(key, std::sync::Arc::new(socket), &[])
+}

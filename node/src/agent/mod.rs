@@ -2,21 +2,24 @@
 //! every grant against the CA keys it trusts, under the limits of its `config.toml`.
 //!
 //! - [`config`]: the agent's `config.toml`.
+//! - [`presence`]: the host's long-lived control stream to the coordinator (settings, clock).
 //!
 //! The agent keeps no PTY and no shell in its own process: each session is a per-session
 //! process ([`ProcessBackend`]), so a crash or restart of the agent hangs sessions up cleanly
 //! instead of leaving them orphaned.
 
 pub mod config;
+pub mod presence;
 
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
+use mesh_proto::RevocationSet;
 use mesh_proto::messages::SESSION_ALPN;
-use mesh_proto::{RevocationSet, SystemClock};
 use nix::unistd::Uid;
 
+use crate::control::{EnrolledAs, Enrollment};
 use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::keyfile::load_or_create_secret_key;
@@ -25,6 +28,7 @@ use crate::session::host::{HostPolicy, LoginPolicy, ProcessBackend, SessionHost,
 use crate::session::limits::SessionCounter;
 use crate::udp::UdpSocket;
 use config::AgentConfig;
+use presence::{HostState, run_presence};
 
 /// The secret key file in a home directory (one identity per home).
 pub const KEY_FILE: &str = "key";
@@ -35,13 +39,29 @@ pub const CONFIG_FILE: &str = "config.toml";
 
 /// Runs the agent of the identity in `home` until `shutdown` completes. Sessions are started
 /// with `program` (the `mesh` binary's hidden session-process entry).
+///
+/// `clock` is the host's own wall clock; once the coordinator has been heard, grants are judged
+/// by it corrected to the coordinator's time.
 pub async fn run(
     home: &Path,
     program: SessionProgram,
+    clock: Arc<dyn mesh_proto::Clock>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let config_path = home.join(CONFIG_FILE);
-    let config = AgentConfig::load(&config_path)?;
+    let mut config = AgentConfig::load(&config_path)?;
+    let enrollment = Enrollment::load(home)?;
+    if let Some(enrollment) = &enrollment {
+        if !matches!(enrollment.enrolled_as, EnrolledAs::Host { .. }) {
+            return Err(Error::Refused(format!(
+                "{} is enrolled as a user's device, not a host; give the agent its own --home",
+                home.display()
+            )));
+        }
+        config
+            .trusted_ca_keys
+            .extend(enrollment.ca_keys.iter().copied());
+    }
     let ca_keys = config.ca_keys().map_err(|reason| Error::Config {
         path: config_path.clone(),
         reason,
@@ -52,6 +72,7 @@ pub async fn run(
         source,
     })?;
     let endpoint = Endpoint::new(key.clone(), Arc::new(socket), &[SESSION_ALPN])?;
+    let state = HostState::new(clock);
     let policy = HostPolicy {
         logins: login_policy(config.allowed_logins.clone()),
         default_shell: config
@@ -60,12 +81,13 @@ pub async fn run(
             .and_then(|p| p.to_str())
             .map(str::to_owned),
         counter: SessionCounter::new(config.limits),
+        state: state.clone(),
     };
     let gate = Gate {
         host: key.node_id(),
         ca_keys,
         revocations: RevocationSet::default(),
-        clock: Arc::new(SystemClock),
+        clock: state.clone(),
     };
     let sessions = SessionHost::new(gate, policy, ProcessBackend::new(program));
     let local = endpoint.local_addr().map_err(|source| Error::Listen {
@@ -77,6 +99,15 @@ pub async fn run(
         key.node_id(),
         config.allowed_logins.as_deref().unwrap_or(&[])
     );
+    // Enrolled hosts keep a presence stream to the coordinator, from the session endpoint.
+    let presence = enrollment.map(|enrollment| {
+        tokio::spawn(run_presence(
+            endpoint.clone(),
+            enrollment,
+            local,
+            state.clone(),
+        ))
+    });
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -93,6 +124,9 @@ pub async fn run(
         }
     }
     tracing::info!("mesh agent stopping; open sessions are hung up");
+    if let Some(presence) = presence {
+        presence.abort();
+    }
     endpoint.close_and_flush(SHUTDOWN_FLUSH).await;
     Ok(())
 }

@@ -141,6 +141,8 @@ pub struct HostPolicy {
     pub default_shell: Option<String>,
     /// Counting against the limits.
     pub counter: Arc<SessionCounter>,
+    /// What the coordinator said (remote-shell on or off).
+    pub state: Arc<crate::agent::presence::HostState>,
 }
 
 /// Serves sessions on authenticated connections.
@@ -244,6 +246,13 @@ impl<B: SessionBackend> SessionHost<B> {
         authorized: &Authorized,
     ) -> Result<(Start, super::limits::SessionSlot), String> {
         let grant = &authorized.grant.grant;
+        if !self.policy.state.remote_shell() {
+            return Err(
+                "remote shell is off on this host; an admin can turn it on with \
+                        `mesh host set HOST remote-shell=on`"
+                    .to_owned(),
+            );
+        }
         let (LoginRequest::Named(_), Some((login, _))) = (&open.login, &authorized.login) else {
             return Err("temporary accounts are not built yet (issue #6)".to_owned());
         };
@@ -459,6 +468,7 @@ mod tests {
             logins: LoginPolicy::Any,
             default_shell: None,
             counter: SessionCounter::new(limits),
+            state: crate::agent::presence::HostState::new(Arc::new(mesh_proto::SystemClock)),
         }
     }
 

@@ -1,0 +1,377 @@
+//! Commands that talk to the coordinator or are the coordinator: `coordinator init|serve`,
+//! `node join`, `login`, `invite`, `hosts`, `host set`. Tokens and other machine-readable
+//! results go alone to stdout; explanations go to stderr.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use mesh_coordinator::home::{self, DEFAULT_PORT};
+use mesh_node::control::{ClientLink, EnrolledAs, Enrollment, connect_from_home, enroll, request};
+use mesh_proto::messages::control::{
+    ControlMessage, HostSet, HostsRequest, InviteCreate, InviteListRequest, InviteRevoke,
+    InviteTarget, Label,
+};
+use mesh_proto::{SystemClock, UnixTime};
+use serde_json::json;
+
+use crate::exit::Failure;
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Failed(format!("cannot start the runtime: {e}")))
+}
+
+fn failed(e: impl std::fmt::Display) -> Failure {
+    Failure::Failed(e.to_string())
+}
+
+/// `mesh coordinator init [--addr HOST:PORT]`.
+pub(crate) fn coordinator_init(home: &Path, addr: Option<String>) -> Result<ExitCode, Failure> {
+    let addr = addr.unwrap_or_else(|| format!("127.0.0.1:{DEFAULT_PORT}"));
+    let token = runtime()?
+        .block_on(home::init(home, &addr, Arc::new(SystemClock)))
+        .map_err(failed)?;
+    eprintln!(
+        "mesh: coordinator created in {} (CA key, database); tokens send nodes to {addr}.\n\
+         mesh: start it with `mesh coordinator serve`, then enroll your device as the first \
+         admin with `mesh login -` and the token below.",
+        home.display()
+    );
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mesh coordinator serve [--listen ADDR]`.
+pub(crate) fn coordinator_serve(
+    home: &Path,
+    listen: Option<std::net::SocketAddr>,
+) -> Result<ExitCode, Failure> {
+    runtime()?.block_on(async {
+        let (coordinator, key, addr) = home::open(home, Arc::new(SystemClock))
+            .await
+            .map_err(failed)?;
+        let listen = match listen {
+            Some(listen) => listen,
+            None => home::default_listen(&addr).map_err(failed)?,
+        };
+        let socket = mesh_node::udp::UdpSocket::bind(listen).map_err(|e| {
+            failed(format!(
+                "cannot listen on {listen}: {e} (is another coordinator running? use --listen)"
+            ))
+        })?;
+        let endpoint = mesh_node::endpoint::Endpoint::new(
+            key,
+            Arc::new(socket),
+            &[mesh_proto::messages::CONTROL_ALPN],
+        )
+        .map_err(failed)?;
+        let local = endpoint.local_addr().map_err(failed)?;
+        tracing::info!("mesh coordinator listening on {local} (tokens say {addr})");
+        coordinator.serve(endpoint, crate::shutdown_signal()).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Reads a token argument, or stdin for `-`.
+fn token_text(token: &str) -> Result<String, Failure> {
+    if token != "-" {
+        return Ok(token.to_owned());
+    }
+    let mut text = String::new();
+    std::io::stdin()
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .map_err(|e| failed(format!("cannot read the token from stdin: {e}")))?;
+    Ok(text.trim().to_owned())
+}
+
+/// `mesh node join` and `mesh login`: enroll this home's key.
+pub(crate) fn enroll_home(
+    home: &Path,
+    token: &str,
+    coordinator: Option<String>,
+    as_host: bool,
+) -> Result<ExitCode, Failure> {
+    let text = token_text(token)?;
+    if Enrollment::load(home).map_err(failed)?.is_some() {
+        return Err(failed(format!(
+            "{} is already enrolled; use another --home for another identity",
+            home.display()
+        )));
+    }
+    std::fs::create_dir_all(home).map_err(|e| failed(format!("{}: {e}", home.display())))?;
+    let key = mesh_node::keyfile::load_or_create_secret_key(&home.join(mesh_node::agent::KEY_FILE))
+        .map_err(failed)?;
+    let enrollment = runtime()?.block_on(async {
+        let socket = mesh_node::udp::UdpSocket::bind(([0, 0, 0, 0], 0).into()).map_err(failed)?;
+        let endpoint =
+            mesh_node::endpoint::Endpoint::new(key, Arc::new(socket), &[]).map_err(failed)?;
+        let now = UnixTime::from_system_time(SystemTime::now());
+        enroll(&endpoint, &text, coordinator, now)
+            .await
+            .map_err(failed)
+    })?;
+    let wanted_host = matches!(enrollment.enrolled_as, EnrolledAs::Host { .. });
+    if wanted_host != as_host {
+        // The coordinator already enrolled the key; say how to use it rather than hide it.
+        let hint = if as_host {
+            "mesh login"
+        } else {
+            "mesh node join"
+        };
+        eprintln!("mesh: note: this token was for `{hint}`; enrolled accordingly");
+    }
+    enrollment.save(home).map_err(failed)?;
+    match &enrollment.enrolled_as {
+        EnrolledAs::Host { name } => eprintln!(
+            "mesh: enrolled as host {name}; start the agent with `mesh --home {} node run`",
+            home.display()
+        ),
+        EnrolledAs::User { name } => {
+            eprintln!("mesh: enrolled this device for {name}; try `mesh hosts`");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `f` with a connection to the coordinator from this device's home.
+fn with_coordinator<T>(
+    home: &Path,
+    f: impl AsyncFnOnce(&ClientLink) -> Result<T, Failure>,
+) -> Result<T, Failure> {
+    runtime()?.block_on(async {
+        let link = connect_from_home(home).await.map_err(failed)?;
+        let result = f(&link).await;
+        link.conn.quic().close(0u32.into(), b"done");
+        link.endpoint
+            .close_and_flush(std::time::Duration::from_millis(200))
+            .await;
+        result
+    })
+}
+
+/// `mesh invite host|user`.
+pub(crate) fn invite(home: &Path, target: InviteTarget) -> Result<ExitCode, Failure> {
+    let what = match &target {
+        InviteTarget::Host { name, .. } => format!("host {name}: on it run `mesh node join -`"),
+        InviteTarget::User { name, role } => {
+            format!("user {name} ({role}): on their device run `mesh login -`")
+        }
+    };
+    let reply = with_coordinator(home, async |link| {
+        request(
+            &link.conn,
+            &ControlMessage::InviteCreate(InviteCreate { target }),
+        )
+        .await
+        .map_err(failed)
+    })?;
+    let ControlMessage::Invited(invited) = reply else {
+        return Err(failed(format!("unexpected reply {reply:?}")));
+    };
+    eprintln!(
+        "mesh: invite {} for {what} with this token; valid until {}",
+        invited.id,
+        rfc3339(invited.expires_at)
+    );
+    println!("{}", invited.token);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parses `--label k=v` arguments.
+pub(crate) fn labels(args: &[String]) -> Result<Vec<Label>, Failure> {
+    args.iter()
+        .map(|arg| {
+            arg.split_once('=')
+                .map(|(key, value)| Label {
+                    key: key.to_owned(),
+                    value: value.to_owned(),
+                })
+                .ok_or_else(|| Failure::Usage(format!("--label {arg:?}: expected KEY=VALUE")))
+        })
+        .collect()
+}
+
+/// `mesh invite list [--json]`.
+pub(crate) fn invite_list(home: &Path, json_out: bool) -> Result<ExitCode, Failure> {
+    let reply = with_coordinator(home, async |link| {
+        request(
+            &link.conn,
+            &ControlMessage::InviteListRequest(InviteListRequest),
+        )
+        .await
+        .map_err(failed)
+    })?;
+    let ControlMessage::InviteList(list) = reply else {
+        return Err(failed(format!("unexpected reply {reply:?}")));
+    };
+    if json_out {
+        let items: Vec<_> = list
+            .invites
+            .iter()
+            .map(|i| {
+                let (kind, name, extra) = describe_target(&i.target);
+                json!({"id": i.id, "kind": kind, "name": name, "detail": extra,
+                       "created_by": i.created_by, "expires_at": rfc3339(i.expires_at)})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(items));
+    } else {
+        println!(
+            "{:<14} {:<5} {:<20} {:<24} EXPIRES",
+            "ID", "KIND", "NAME", "DETAIL"
+        );
+        for i in &list.invites {
+            let (kind, name, extra) = describe_target(&i.target);
+            println!(
+                "{:<14} {:<5} {:<20} {:<24} {}",
+                i.id,
+                kind,
+                name,
+                extra,
+                rfc3339(i.expires_at)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe_target(target: &InviteTarget) -> (&'static str, String, String) {
+    match target {
+        InviteTarget::Host { name, labels } => (
+            "host",
+            name.clone(),
+            labels
+                .iter()
+                .map(|l| format!("{}={}", l.key, l.value))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        InviteTarget::User { name, role } => ("user", name.clone(), format!("role={role}")),
+    }
+}
+
+/// `mesh invite revoke ID`.
+pub(crate) fn invite_revoke(home: &Path, id: String) -> Result<ExitCode, Failure> {
+    done(home, ControlMessage::InviteRevoke(InviteRevoke { id }))
+}
+
+/// Sends a request whose answer is `Done`, and prints its message.
+fn done(home: &Path, message: ControlMessage) -> Result<ExitCode, Failure> {
+    let reply = with_coordinator(home, async |link| {
+        request(&link.conn, &message).await.map_err(failed)
+    })?;
+    match reply {
+        ControlMessage::Done(done) => {
+            println!("{}", done.message);
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(failed(format!("unexpected reply {other:?}"))),
+    }
+}
+
+/// `mesh host set HOST key=on|off...`.
+pub(crate) fn host_set(
+    home: &Path,
+    host: String,
+    settings: &[String],
+) -> Result<ExitCode, Failure> {
+    let mut set = HostSet {
+        host,
+        remote_shell: None,
+        temp_users: None,
+    };
+    for setting in settings {
+        let (key, value) = setting
+            .split_once('=')
+            .ok_or_else(|| Failure::Usage(format!("{setting:?}: expected KEY=on|off")))?;
+        let on = match value {
+            "on" => true,
+            "off" => false,
+            _ => {
+                return Err(Failure::Usage(format!(
+                    "{setting:?}: the value must be on or off"
+                )));
+            }
+        };
+        match key {
+            "remote-shell" => set.remote_shell = Some(on),
+            "temp-users" => set.temp_users = Some(on),
+            _ => {
+                return Err(Failure::Usage(format!(
+                    "unknown setting {key:?}: use remote-shell or temp-users"
+                )));
+            }
+        }
+    }
+    done(home, ControlMessage::HostSet(set))
+}
+
+/// `mesh hosts [--json]`.
+pub(crate) fn hosts(home: &Path, json_out: bool) -> Result<ExitCode, Failure> {
+    let reply = with_coordinator(home, async |link| {
+        request(&link.conn, &ControlMessage::HostsRequest(HostsRequest))
+            .await
+            .map_err(failed)
+    })?;
+    let ControlMessage::Hosts(list) = reply else {
+        return Err(failed(format!("unexpected reply {reply:?}")));
+    };
+    if json_out {
+        let items: Vec<_> = list
+            .hosts
+            .iter()
+            .map(|h| {
+                let labels: serde_json::Map<_, _> = h
+                    .labels
+                    .iter()
+                    .map(|l| (l.key.clone(), json!(l.value)))
+                    .collect();
+                json!({
+                    "name": h.name,
+                    "node_id": h.key.to_string(),
+                    "online": h.online,
+                    "last_seen": h.last_seen.map(rfc3339),
+                    "labels": labels,
+                    "remote_shell": h.settings.remote_shell,
+                    "temp_users": h.settings.temp_users,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(items));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let onoff = |b: bool| if b { "on" } else { "off" };
+    println!(
+        "{:<20} {:<7} {:<21} {:<12} {:<5} {:<24} NODE",
+        "NAME", "ONLINE", "LAST SEEN", "REMOTE-SHELL", "TEMP", "LABELS"
+    );
+    for h in &list.hosts {
+        let labels: Vec<String> = h
+            .labels
+            .iter()
+            .map(|l| format!("{}={}", l.key, l.value))
+            .collect();
+        println!(
+            "{:<20} {:<7} {:<21} {:<12} {:<5} {:<24} {}",
+            h.name,
+            if h.online { "yes" } else { "no" },
+            h.last_seen.map_or_else(|| "never".to_owned(), rfc3339),
+            onoff(h.settings.remote_shell),
+            onoff(h.settings.temp_users),
+            labels.join(","),
+            h.key.short()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rfc3339(t: UnixTime) -> String {
+    humantime::format_rfc3339_seconds(t.to_system_time()).to_string()
+}

@@ -1,0 +1,217 @@
+//! A host's presence at the coordinator: one long-lived control stream over the agent's own
+//! endpoint (so the coordinator sees the address sessions arrive at), on which the host
+//! reports where it listens, learns its settings and the coordinator's time, and receives
+//! setting changes as they happen. It reconnects on its own, with backoff and jitter.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use mesh_proto::messages::control::{ControlMessage, Hello, Settings, TimeRequest};
+use mesh_proto::{Clock, UnixTime};
+
+use crate::control::{Enrollment, connect_coordinator};
+use crate::endpoint::Endpoint;
+use crate::error::Error;
+use crate::framed::{FrameReader, write_frame};
+
+/// First wait before reconnecting; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often the host re-measures its clock offset while connected.
+const TIME_CHECK: Duration = Duration::from_secs(60);
+
+/// What the coordinator has told this host: its settings, and how far its clock is off.
+#[derive(Debug)]
+pub struct HostState {
+    remote_shell: AtomicBool,
+    temp_users: AtomicBool,
+    /// Coordinator time minus local time, in milliseconds.
+    offset_ms: AtomicI64,
+    base: Arc<dyn Clock>,
+}
+
+impl HostState {
+    /// Defaults until the coordinator says otherwise: sessions allowed, no temporary users,
+    /// the local clock as it is.
+    pub fn new(base: Arc<dyn Clock>) -> Arc<Self> {
+        Arc::new(Self {
+            remote_shell: AtomicBool::new(true),
+            temp_users: AtomicBool::new(false),
+            offset_ms: AtomicI64::new(0),
+            base,
+        })
+    }
+
+    /// Whether new sessions are allowed.
+    pub fn remote_shell(&self) -> bool {
+        self.remote_shell.load(Ordering::SeqCst)
+    }
+
+    fn apply(&self, settings: Settings) {
+        self.remote_shell
+            .store(settings.remote_shell, Ordering::SeqCst);
+        self.temp_users.store(settings.temp_users, Ordering::SeqCst);
+    }
+
+    /// Records the coordinator's time `remote`, read between local times `sent` and
+    /// `received` (the reply is assumed to sit in the middle of the round trip).
+    fn measured(&self, sent: UnixTime, received: UnixTime, remote: UnixTime) {
+        let midpoint = (i128::from(sent.as_millis()) + i128::from(received.as_millis())) / 2;
+        let offset = i128::from(remote.as_millis()) - midpoint;
+        let offset = i64::try_from(offset).unwrap_or(0);
+        self.offset_ms.store(offset, Ordering::SeqCst);
+    }
+
+    /// The measured offset.
+    pub fn offset(&self) -> i64 {
+        self.offset_ms.load(Ordering::SeqCst)
+    }
+}
+
+/// The host's wall clock corrected by the coordinator's time: what grants are judged by.
+impl Clock for HostState {
+    fn now(&self) -> UnixTime {
+        let local = self.base.now().as_millis();
+        let offset = self.offset_ms.load(Ordering::SeqCst);
+        UnixTime::from_millis(local.saturating_add_signed(offset))
+    }
+}
+
+/// Keeps the presence stream up until the task is dropped.
+pub async fn run_presence(
+    endpoint: Endpoint,
+    enrollment: Enrollment,
+    listen: SocketAddr,
+    state: Arc<HostState>,
+) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        match connect_once(&endpoint, &enrollment, listen, &state).await {
+            // It was up: start the backoff over.
+            Ok(()) => backoff = FIRST_BACKOFF,
+            Err(e) => tracing::info!("coordinator unreachable: {e}"),
+        }
+        // Jitter (up to half the wait) so a fleet does not reconnect in lockstep after an
+        // outage.
+        let jitter = backoff.mul_f64(random_fraction() / 2.0);
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn connect_once(
+    endpoint: &Endpoint,
+    enrollment: &Enrollment,
+    listen: SocketAddr,
+    state: &HostState,
+) -> Result<(), Error> {
+    let conn = connect_coordinator(
+        endpoint,
+        enrollment.coordinator_key,
+        &enrollment.coordinator_addrs,
+    )
+    .await?;
+    let (mut send, recv) = conn.quic().open_bi().await.map_err(Error::Connection)?;
+    let mut recv = FrameReader::new(recv);
+    let hello = Hello {
+        node: endpoint.node_id(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        listen_addrs: vec![listen],
+    };
+    let sent = state.base.now();
+    write_frame(&mut send, &ControlMessage::Hello(hello)).await?;
+    match recv.next::<ControlMessage>().await? {
+        Some(ControlMessage::Welcome(welcome)) => {
+            state.measured(sent, state.base.now(), welcome.coordinator_time);
+            state.apply(welcome.settings);
+            tracing::info!(
+                observed = %welcome.observed_addr,
+                clock_offset_ms = state.offset(),
+                remote_shell = welcome.settings.remote_shell,
+                "connected to the coordinator"
+            );
+        }
+        Some(ControlMessage::Failure(failure)) => return Err(Error::Refused(failure.message)),
+        other => return Err(Error::Stream(format!("expected Welcome, got {other:?}"))),
+    }
+    let mut nonce = 0u64;
+    let mut asked_at = None;
+    let mut checks = tokio::time::interval(TIME_CHECK);
+    loop {
+        tokio::select! {
+            biased;
+            frame = recv.next::<ControlMessage>() => match frame? {
+                Some(ControlMessage::Settings(settings)) => {
+                    state.apply(settings);
+                    tracing::info!(?settings, "settings changed by the coordinator");
+                }
+                Some(ControlMessage::TimeReply(reply)) => {
+                    if let Some((n, sent)) = asked_at {
+                        if reply.nonce == n {
+                            state.measured(sent, state.base.now(), reply.coordinator_time);
+                            asked_at = None;
+                        }
+                    }
+                }
+                Some(other) => tracing::debug!("ignored on the presence stream: {other:?}"),
+                None => return Ok(()),
+            },
+            _ = checks.tick() => {
+                nonce += 1;
+                asked_at = Some((nonce, state.base.now()));
+                write_frame(&mut send, &ControlMessage::TimeRequest(TimeRequest { nonce })).await?;
+            }
+        }
+    }
+}
+
+/// A number in [0, 1) from the operating system's randomness (0 if it has none to give).
+fn random_fraction() -> f64 {
+    let mut bytes = [0u8; 4];
+    if getrandom::fill(&mut bytes).is_err() {
+        return 0.0;
+    }
+    f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_proto::ManualClock;
+
+    #[test]
+    fn the_corrected_clock_follows_the_coordinator() {
+        let local = Arc::new(ManualClock::new(UnixTime::from_secs(1_000)));
+        let state = HostState::new(local.clone());
+        // Sent at 1000 s, answered at 1000.2 s; the coordinator said 4600.1 s: an hour ahead.
+        state.measured(
+            UnixTime::from_secs(1_000),
+            UnixTime::from_millis(1_000_200),
+            UnixTime::from_millis(4_600_100),
+        );
+        assert_eq!(state.offset(), 3_600_000);
+        local.advance(Duration::from_secs(10));
+        assert_eq!(state.now(), UnixTime::from_millis(4_610_000));
+        // A host ahead of the coordinator corrects backwards.
+        state.measured(
+            UnixTime::from_secs(5_000),
+            UnixTime::from_secs(5_000),
+            UnixTime::from_secs(1_400),
+        );
+        assert_eq!(state.offset(), -3_600_000);
+    }
+
+    #[test]
+    fn settings_apply() {
+        let state = HostState::new(Arc::new(mesh_proto::SystemClock));
+        assert!(state.remote_shell());
+        state.apply(Settings {
+            remote_shell: false,
+            temp_users: true,
+        });
+        assert!(!state.remote_shell());
+    }
+}
