@@ -4,6 +4,7 @@
 //! in `cli/tests/` and use this library too. Because `mesh-cli` has integration tests, cargo
 //! builds the `mesh` binary whenever the workspace's tests are built, so it is there to find.
 
+pub mod fleet;
 pub mod hosts;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,153 @@
+//! The coordinator end to end, each identity in its own `--home`, real processes on loopback:
+//! enrollment, grants by name, the directory, host settings, restarts, refusals.
+
+// Test helpers outside #[test] functions: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use mesh_tests::fleet::{Fleet, run_in, run_with_stdin, text};
+use mesh_tests::hosts::current_login;
+
+/// Polls `check` (bounded) until it holds.
+fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn host_online(fleet: &Fleet, name: &str) -> bool {
+    let out = fleet.admin(&["hosts", "--json"]);
+    if !out.status.success() {
+        return false;
+    }
+    let hosts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["name"] == name && h["online"] == true)
+}
+
+#[test]
+fn init_serve_invite_join_login_exec_and_the_host_returns_after_a_coordinator_restart() {
+    let mut fleet = Fleet::start();
+    let _host = fleet.add_host("edge-01");
+    let out = fleet.admin(&["exec", "edge-01", "--", "echo", "hi"]);
+    assert_eq!(text(&out.stdout), "hi\n", "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0));
+
+    let out = fleet.admin(&["hosts", "--json"]);
+    let hosts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let edge = &hosts[0];
+    for key in ["name", "node_id", "online", "labels", "remote_shell", "temp_users"] {
+        assert!(edge.get(key).is_some(), "{key} missing: {edge}");
+    }
+    assert_eq!(edge["online"], true);
+
+    fleet.coordinator.kill();
+    let out = fleet.admin(&["hosts"]);
+    assert_eq!(out.status.code(), Some(1), "coordinator down: {}", text(&out.stderr));
+    fleet.coordinator.start();
+    // The host reconnects by itself (backoff with jitter), without being restarted.
+    eventually("host online again", Duration::from_secs(60), || {
+        host_online(&fleet, "edge-01")
+    });
+    let out = fleet.admin(&["exec", "edge-01", "--", "echo", "again"]);
+    assert_eq!(text(&out.stdout), "again\n", "{}", text(&out.stderr));
+}
+
+#[test]
+fn roles_decide_logins_and_commands_with_the_reason() {
+    let fleet = Fleet::start();
+    let _host = fleet.add_host("edge-01");
+    fleet.add_user("olga", "operator");
+    fleet.add_user("vic", "viewer");
+    let olga = fleet.home("olga");
+    let out = run_in(&olga, &["exec", "edge-01", "--login", "root", "--", "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("olga may not log in as root on edge-01"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run_in(&fleet.home("vic"), &["exec", "edge-01", "--", "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(text(&out.stderr).contains("vic may not run commands"), "{}", text(&out.stderr));
+    // A viewer still sees the directory.
+    let out = run_in(&fleet.home("vic"), &["hosts"]);
+    assert!(text(&out.stdout).contains("edge-01"), "{}", text(&out.stderr));
+    // Only admins invite.
+    let out = run_in(&olga, &["invite", "host", "--name", "sneaky"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("issue credentials"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn remote_shell_off_refuses_new_sessions_at_once_and_on_brings_them_back() {
+    let fleet = Fleet::start();
+    let host = fleet.add_host("edge-01");
+    let login = current_login();
+    let exec = || fleet.admin(&["exec", "edge-01", "--login", &login, "--", "echo", "ok"]);
+    assert_eq!(exec().status.code(), Some(0));
+    let out = fleet.admin(&["host", "set", "edge-01", "remote-shell=off"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("the host has been told"), "{}", text(&out.stdout));
+    let out = exec();
+    assert_eq!(out.status.code(), Some(255));
+    assert!(text(&out.stderr).contains("remote shell is off on edge-01"), "{}", text(&out.stderr));
+    // The host itself heard it too (it refuses even grants issued before the change).
+    eventually("the host applied the setting", Duration::from_secs(5), || {
+        host.log().contains("settings changed")
+    });
+    fleet.admin(&["host", "set", "edge-01", "remote-shell=on"]);
+    let out = exec();
+    assert_eq!(text(&out.stdout), "ok\n", "{}", text(&out.stderr));
+}
+
+#[test]
+fn tokens_are_one_time_and_names_belong_to_one_key() {
+    let fleet = Fleet::start();
+    let token = fleet.invite(&["invite", "host", "--name", "edge-01"]);
+    let first = fleet.home("first");
+    let out = run_with_stdin(&first, &["node", "join", "-"], &token);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The same token again, from another machine.
+    let out = run_with_stdin(&fleet.home("second"), &["node", "join", "-"], &token);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("already used"), "{}", text(&out.stderr));
+    // A fresh invite for the enrolled name is refused up front.
+    let out = fleet.admin(&["invite", "host", "--name", "edge-01"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("already enrolled"), "{}", text(&out.stderr));
+    // Pending invites can be listed and withdrawn.
+    fleet.invite(&["invite", "host", "--name", "edge-02"]);
+    let out = fleet.admin(&["invite", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(list[0]["name"], "edge-02");
+    assert!(fleet.admin(&["invite", "revoke", &id]).status.success());
+    let out = fleet.admin(&["invite", "list", "--json"]);
+    assert_eq!(text(&out.stdout).trim(), "[]");
+}
+
+#[test]
+fn a_corrupt_database_or_a_second_init_is_one_line_and_changes_nothing() {
+    let (coordinator, _) = mesh_tests::fleet::TestCoordinator::init();
+    let home = coordinator.home();
+    let out = run_in(&home, &["coordinator", "init"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("already"), "{}", text(&out.stderr));
+    let db = home.join("coordinator.db");
+    let garbage = vec![0x42u8; 16 * 1024];
+    std::fs::write(&db, &garbage).unwrap();
+    let out = run_in(&home, &["coordinator", "serve"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("coordinator.db"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(std::fs::read(&db).unwrap(), garbage, "untouched");
+}
