@@ -5,16 +5,15 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
+use mesh_node::control::{client_endpoint, connect_from_home, request as control_request};
 use mesh_node::endpoint::Endpoint;
-use mesh_node::keyfile::read_secret_key;
 use mesh_node::session::client::{
     ClientEvent, SessionInput, SessionOutcome, SessionRequest, open_session,
 };
-use mesh_node::udp::UdpSocket;
 use mesh_proto::grant_file::{grant_from_text, grant_unverified};
 use mesh_proto::messages::SESSION_ALPN;
+use mesh_proto::messages::control::{ControlMessage, SessionGrantRequest};
 use mesh_proto::messages::session::{EnvVar, PtyRequest};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -56,21 +55,54 @@ async fn session(home: &Path, request: Request) -> Result<u8, Failure> {
             "--temp: temporary accounts arrive with issue #6".into(),
         ));
     }
-    let (Some(addr), Some(grant_path)) = (target.direct, target.grant.as_ref()) else {
-        return Err(Failure::Session(format!(
-            "reaching {} by name needs the coordinator, which arrives with issue #5; \
-             for now use --direct ADDR --grant FILE",
-            target.host
-        )));
-    };
-    let grant = read_grant(grant_path)?;
-    let granted = grant_unverified(&grant)
-        .map_err(|e| Failure::Session(format!("{}: {e}", grant_path.display())))?;
-    let key = read_secret_key(&home.join(mesh_node::agent::KEY_FILE))
-        .map_err(|e| Failure::Session(e.to_string()))?;
     let login = match &target.login {
         Some(login) => login.clone(),
         None => local_user_name()?,
+    };
+    let fail = |e: mesh_node::Error| Failure::Session(e.to_string());
+    let (endpoint, grant, host_key, addrs) = match (target.direct, target.grant.as_ref()) {
+        (Some(addr), Some(grant_path)) => {
+            let grant = read_grant(grant_path)?;
+            let granted = grant_unverified(&grant)
+                .map_err(|e| Failure::Session(format!("{}: {e}", grant_path.display())))?;
+            let endpoint = client_endpoint(home).map_err(fail)?;
+            (endpoint, grant, granted.host, vec![addr])
+        }
+        (None, Some(_)) => {
+            return Err(Failure::Session(
+                "--grant FILE needs --direct ADDR (the host's address) for now".into(),
+            ));
+        }
+        (Some(_), None) => {
+            return Err(Failure::Session(
+                "--direct ADDR needs --grant FILE; without both, mesh asks the coordinator".into(),
+            ));
+        }
+        (None, None) => {
+            let link = connect_from_home(home).await.map_err(fail)?;
+            let ask = ControlMessage::GrantRequest(SessionGrantRequest {
+                host: target.host.clone(),
+                login: Some(login.clone()),
+                command: request.command.is_some(),
+            });
+            let reply = control_request(&link.conn, &ask).await.map_err(fail)?;
+            link.conn.quic().close(0u32.into(), b"granted");
+            let ControlMessage::Granted(granted) = reply else {
+                return Err(Failure::Session(format!("unexpected reply {reply:?}")));
+            };
+            if granted.host.addrs.is_empty() {
+                return Err(Failure::Session(format!(
+                    "{} has never connected to the coordinator, so its address is unknown",
+                    target.host
+                )));
+            }
+            (
+                link.endpoint,
+                granted.grant,
+                granted.host.key,
+                granted.host.addrs,
+            )
+        }
     };
 
     let tty = stdin_is_terminal();
@@ -83,7 +115,7 @@ async fn session(home: &Path, request: Request) -> Result<u8, Failure> {
         size: window_size(),
     });
 
-    let conn = connect(key, addr, granted.host, &target.host).await?;
+    let conn = connect(&endpoint, &addrs, host_key, &target.host).await?;
     let (send, recv) = conn
         .quic()
         .open_bi()
@@ -110,7 +142,7 @@ async fn session(home: &Path, request: Request) -> Result<u8, Failure> {
     let input = SessionInput {
         stdin: spawn_stdin_reader(),
         events: events_rx,
-        escapes: raw.is_some(),
+        escapes: false,
     };
     if want_pty {
         tokio::spawn(forward_window_changes(events_tx));
@@ -164,34 +196,44 @@ fn local_user_name() -> Result<String, Failure> {
         .ok_or_else(|| Failure::Session("cannot tell your user name; pass --login USER".into()))
 }
 
+/// How long one address of a host may take to answer before the next is tried.
+const ADDRESS_ATTEMPT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Connects to the host `host_key` at the first of `addrs` that answers as that key.
 async fn connect(
-    key: mesh_proto::SecretKey,
-    addr: SocketAddr,
+    endpoint: &Endpoint,
+    addrs: &[SocketAddr],
     host_key: mesh_proto::NodeId,
     host: &str,
 ) -> Result<mesh_node::endpoint::Connection, Failure> {
-    let bind: SocketAddr = if addr.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(bind)
-        .map_err(|e| Failure::Session(format!("cannot open a UDP socket: {e}")))?;
-    let endpoint =
-        Endpoint::new(key, Arc::new(socket), &[]).map_err(|e| Failure::Session(e.to_string()))?;
-    endpoint
-        .connect(addr, host_key, SESSION_ALPN)
-        .await
-        .map_err(|e| match e {
-            mesh_node::Error::WrongHostKey {
+    let mut last = None;
+    for (i, addr) in addrs.iter().enumerate() {
+        let attempt = endpoint.connect(*addr, host_key, SESSION_ALPN);
+        // The last address gets the handshake's own timeout; earlier ones a shorter one.
+        let result = if i + 1 < addrs.len() {
+            tokio::time::timeout(ADDRESS_ATTEMPT, attempt)
+                .await
+                .unwrap_or_else(|_| Err(mesh_node::Error::Refused(format!("no answer at {addr}"))))
+        } else {
+            attempt.await
+        };
+        match result {
+            Ok(conn) => return Ok(conn),
+            Err(mesh_node::Error::WrongHostKey {
                 expected,
                 presented,
-            } => Failure::Session(format!(
-                "the host at {addr} is not the host this grant is for \
-                 (the grant names {expected}; {addr} presented {presented})"
-            )),
-            e => Failure::Session(format!("cannot reach {host} at {addr}: {e}")),
-        })
+            }) => {
+                last = Some(format!(
+                    "the host at {addr} is not the host this grant is for \
+                     (the grant names {expected}; {addr} presented {presented})"
+                ));
+            }
+            Err(e) => last = Some(format!("cannot reach {host} at {addr}: {e}")),
+        }
+    }
+    Err(Failure::Session(
+        last.unwrap_or_else(|| format!("no address for {host}")),
+    ))
 }
 
 /// The locale variables, which the host passes through (as ssh's `SendEnv LANG LC_*`).
