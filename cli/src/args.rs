@@ -334,7 +334,8 @@ pub(crate) enum UserCommand {
     },
     /// List users.
     List(JsonFlag),
-    /// Remove a user (revokes their devices and grants).
+    /// Remove a user and their devices (no new grants; grants already issued run out, and
+    /// revoking them arrives with issue #6).
     Remove {
         /// The user's name.
         name: String,
@@ -354,13 +355,15 @@ pub(crate) enum RoleCommand {
     Add {
         /// The role's name.
         name: String,
-        /// A permission (repeatable): shell, exec, remote-shell-setting, temp-users, offline, ...
+        /// A permission (repeatable): shell, exec, offline, host-settings, temp-users,
+        /// issue-credentials, admin.
         #[arg(long = "permission", value_name = "P")]
         permissions: Vec<String>,
-        /// Hosts the role applies to: a name, or label k=v (repeatable).
+        /// Hosts the role applies to: a name, a label k=v, or * for all (repeatable).
         #[arg(long = "hosts", value_name = "SELECTOR")]
         hosts: Vec<String>,
-        /// A Unix login the role allows (repeatable; none means no login).
+        /// A Unix login the role allows (repeatable; $user is the user's own name, * any;
+        /// none means no login).
         #[arg(long = "login", value_name = "L")]
         logins: Vec<String>,
     },

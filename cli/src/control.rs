@@ -12,7 +12,7 @@ use mesh_coordinator::home::{self, DEFAULT_PORT};
 use mesh_node::control::{ClientLink, EnrolledAs, Enrollment, connect_from_home, enroll, request};
 use mesh_proto::messages::control::{
     ControlMessage, HostSet, HostsRequest, InviteCreate, InviteListRequest, InviteRevoke,
-    InviteTarget, Label,
+    InviteTarget, Label, RoleListRequest, RoleSpec, UserListRequest,
 };
 use mesh_proto::{SystemClock, UnixTime};
 use serde_json::json;
@@ -76,6 +76,37 @@ pub(crate) fn coordinator_serve(
         coordinator.serve(endpoint, crate::shutdown_signal()).await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `mesh coordinator grant --user U --host H --login L --ttl DUR`: an offline grant file on
+/// stdout, one line per device of the user.
+pub(crate) fn coordinator_grant(
+    home: &Path,
+    user: &str,
+    host: &str,
+    login: &str,
+    ttl: &str,
+) -> Result<ExitCode, Failure> {
+    let ttl = humantime::parse_duration(ttl)
+        .map_err(|e| Failure::Usage(format!("--ttl {ttl:?}: {e} (for example 8h or 2d)")))?;
+    let text = runtime()?
+        .block_on(home::mint_grant_file(
+            home,
+            user,
+            host,
+            login,
+            ttl,
+            Arc::new(SystemClock),
+        ))
+        .map_err(failed)?;
+    eprintln!(
+        "mesh: offline grant for {user} as {login} on {host}, valid for {} ({} device(s)); \
+         use it with `mesh shell {host} --grant FILE --direct ADDR`",
+        humantime::format_duration(ttl),
+        text.lines().count()
+    );
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Reads a token argument, or stdin for `-`.
@@ -368,6 +399,133 @@ pub(crate) fn hosts(home: &Path, json_out: bool) -> Result<ExitCode, Failure> {
             labels.join(","),
             h.key.short()
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mesh user list [--json]`.
+pub(crate) fn user_list(home: &Path, json_out: bool) -> Result<ExitCode, Failure> {
+    let reply = with_coordinator(home, async |link| {
+        request(
+            &link.conn,
+            &ControlMessage::UserListRequest(UserListRequest),
+        )
+        .await
+        .map_err(failed)
+    })?;
+    let ControlMessage::UserList(list) = reply else {
+        return Err(failed(format!("unexpected reply {reply:?}")));
+    };
+    if json_out {
+        let items: Vec<_> = list
+            .users
+            .iter()
+            .map(|u| {
+                json!({"name": u.name, "role": u.role, "devices": u.devices,
+                       "created_at": rfc3339(u.created_at)})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(items));
+    } else {
+        println!("{:<24} {:<16} {:<8} ADDED", "NAME", "ROLE", "DEVICES");
+        for u in &list.users {
+            println!(
+                "{:<24} {:<16} {:<8} {}",
+                u.name,
+                u.role,
+                u.devices,
+                rfc3339(u.created_at)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mesh user add|remove|set-role` and `mesh role remove`: requests answered by `Done`.
+pub(crate) fn admin_change(home: &Path, message: ControlMessage) -> Result<ExitCode, Failure> {
+    done(home, message)
+}
+
+/// `mesh role add NAME --permission P... --hosts SEL... --login L...`.
+pub(crate) fn role_add(
+    home: &Path,
+    name: String,
+    permissions: Vec<String>,
+    hosts: &[String],
+    logins: Vec<String>,
+) -> Result<ExitCode, Failure> {
+    let mut spec = RoleSpec {
+        name,
+        permissions,
+        all_hosts: false,
+        host_names: Vec::new(),
+        host_labels: Vec::new(),
+        logins,
+        max_session_secs: mesh_proto::grant::DEFAULT_MAX_SESSION.as_secs(),
+    };
+    for selector in hosts {
+        match selector.split_once('=') {
+            _ if selector == "*" || selector == "all" => spec.all_hosts = true,
+            Some((key, value)) => spec.host_labels.push(Label {
+                key: key.to_owned(),
+                value: value.to_owned(),
+            }),
+            None => spec.host_names.push(selector.clone()),
+        }
+    }
+    done(home, ControlMessage::RolePut(spec))
+}
+
+/// `mesh role list [--json]`.
+pub(crate) fn role_list(home: &Path, json_out: bool) -> Result<ExitCode, Failure> {
+    let reply = with_coordinator(home, async |link| {
+        request(
+            &link.conn,
+            &ControlMessage::RoleListRequest(RoleListRequest),
+        )
+        .await
+        .map_err(failed)
+    })?;
+    let ControlMessage::RoleList(list) = reply else {
+        return Err(failed(format!("unexpected reply {reply:?}")));
+    };
+    let hosts_of = |r: &RoleSpec| {
+        let mut parts = Vec::new();
+        if r.all_hosts {
+            parts.push("*".to_owned());
+        }
+        parts.extend(r.host_names.iter().cloned());
+        parts.extend(
+            r.host_labels
+                .iter()
+                .map(|l| format!("{}={}", l.key, l.value)),
+        );
+        parts
+    };
+    if json_out {
+        let items: Vec<_> = list
+            .roles
+            .iter()
+            .map(|r| {
+                json!({"name": r.name, "permissions": r.permissions, "hosts": hosts_of(r),
+                       "logins": r.logins, "max_session_secs": r.max_session_secs})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(items));
+    } else {
+        println!(
+            "{:<16} {:<40} {:<20} LOGINS",
+            "NAME", "PERMISSIONS", "HOSTS"
+        );
+        for r in &list.roles {
+            println!(
+                "{:<16} {:<40} {:<20} {}",
+                r.name,
+                r.permissions.join(","),
+                hosts_of(r).join(","),
+                r.logins.join(",")
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

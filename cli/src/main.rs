@@ -16,10 +16,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use args::{Cli, Command, CoordinatorCommand, HostCommand, InviteCommand, NodeCommand};
+use args::{
+    Cli, Command, CoordinatorCommand, HostCommand, InviteCommand, NodeCommand, RoleCommand,
+    UserCommand,
+};
 use exit::Failure;
 use mesh_node::session::host::SessionProgram;
-use mesh_proto::messages::control::InviteTarget;
+use mesh_proto::messages::control::{
+    ControlMessage, InviteTarget, RoleRemove, UserAdd, UserRemove, UserSetRole,
+};
 
 fn main() -> ExitCode {
     let cli = match args::parse(std::env::args_os()) {
@@ -43,9 +48,12 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             logging("info");
             control::coordinator_serve(&home_dir(home)?, listen)
         }
-        Command::Coordinator(CoordinatorCommand::Grant { .. }) => {
-            Err(not_built("coordinator grant", 5))
-        }
+        Command::Coordinator(CoordinatorCommand::Grant {
+            user,
+            host,
+            login,
+            ttl,
+        }) => control::coordinator_grant(&home_dir(home)?, &user, &host, &login, &ttl),
         Command::Node(NodeCommand::Join(enroll)) => {
             control::enroll_home(&home_dir(home)?, &enroll.token, enroll.coordinator, true)
         }
@@ -92,8 +100,31 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Host(HostCommand::Set { host, settings }) => {
             control::host_set(&home_dir(home)?, host, &settings)
         }
-        Command::User(_) => Err(not_built("user", 5)),
-        Command::Role(_) => Err(not_built("role", 5)),
+        Command::User(UserCommand::List(json)) => control::user_list(&home_dir(home)?, json.json),
+        Command::User(UserCommand::Add { name, role }) => {
+            let role = role.unwrap_or_else(|| "viewer".into());
+            let add = ControlMessage::UserAdd(UserAdd { name, role });
+            control::admin_change(&home_dir(home)?, add)
+        }
+        Command::User(UserCommand::Remove { name }) => {
+            let remove = ControlMessage::UserRemove(UserRemove { name });
+            control::admin_change(&home_dir(home)?, remove)
+        }
+        Command::User(UserCommand::SetRole { name, role }) => {
+            let set = ControlMessage::UserSetRole(UserSetRole { name, role });
+            control::admin_change(&home_dir(home)?, set)
+        }
+        Command::Role(RoleCommand::List(json)) => control::role_list(&home_dir(home)?, json.json),
+        Command::Role(RoleCommand::Add {
+            name,
+            permissions,
+            hosts,
+            logins,
+        }) => control::role_add(&home_dir(home)?, name, permissions, &hosts, logins),
+        Command::Role(RoleCommand::Remove { name }) => {
+            let remove = ControlMessage::RoleRemove(RoleRemove { name });
+            control::admin_change(&home_dir(home)?, remove)
+        }
         Command::Netsim(_) => Err(not_built("netsim", 7)),
         Command::Revoke(_) => Err(not_built("revoke", 6)),
         Command::Audit(_) => Err(not_built("audit", 6)),

@@ -8,11 +8,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 use mesh_node::keyfile::{load_or_create_secret_key, read_secret_key, write_secret_key};
+use std::time::Duration;
+
+use mesh_proto::grant::OFFLINE_GRANT_MAX_TTL;
+use mesh_proto::grant_file::grant_to_text;
 use mesh_proto::token::TokenKind;
-use mesh_proto::{CaSigner, Clock, SecretKey};
+use mesh_proto::{CaSigner, Clock, Grant, GrantId, GrantKind, SecretKey};
 
 use crate::model::InviteFor;
-use crate::server::Coordinator;
+use crate::policy::{Request, authorize};
+use crate::server::{Coordinator, role_permissions};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 
@@ -95,6 +100,80 @@ pub async fn open(
     let key = read_secret_key(&home.join(KEY_FILE))?;
     let coordinator = Coordinator::new(store, ca, key.node_id(), vec![addr.clone()], clock);
     Ok((coordinator, key, addr))
+}
+
+/// Mints an offline grant file on the coordinator's machine, without the network: one grant
+/// per enrolled device of `user`, for `login` on `host`, valid for `ttl` (at most 7 days).
+/// The user's role must allow it, as it would for a grant asked for online.
+pub async fn mint_grant_file(
+    home: &Path,
+    user: &str,
+    host: &str,
+    login: &str,
+    ttl: Duration,
+    clock: Arc<dyn Clock>,
+) -> Result<String, HomeError> {
+    if ttl > OFFLINE_GRANT_MAX_TTL || ttl.is_zero() {
+        return Err(HomeError::Invalid(format!(
+            "--ttl {}: an offline grant lives at most {} (the bound on how long a partitioned \
+             host can miss a revocation)",
+            humantime::format_duration(ttl),
+            humantime::format_duration(OFFLINE_GRANT_MAX_TTL)
+        )));
+    }
+    let store = SqliteStore::open(&home.join(DB_FILE)).await?;
+    let ca = CaSigner::new(read_secret_key(&home.join(CA_KEY_FILE))?);
+    let invalid = |s: String| HomeError::Invalid(s);
+    let user = store
+        .user(user)
+        .await?
+        .ok_or_else(|| invalid(format!("no user {user} (see `mesh user list`)")))?;
+    let host = store
+        .host(host)
+        .await?
+        .ok_or_else(|| invalid(format!("no host {host} (see `mesh hosts`)")))?;
+    let role = store
+        .role(&user.role)
+        .await?
+        .ok_or_else(|| invalid(format!("{}'s role {} does not exist", user.name, user.role)))?;
+    let session = |command| Request::Session {
+        host: &host,
+        login,
+        temporary: false,
+        command,
+    };
+    if let Err(denied) = authorize(&user, &role, &session(false)) {
+        authorize(&user, &role, &session(true)).map_err(|_| invalid(denied.0))?;
+    }
+    let devices = store.devices_of(user.id).await?;
+    if devices.is_empty() {
+        return Err(invalid(format!(
+            "{} has no enrolled device to bind a grant to; they need `mesh login` first",
+            user.name
+        )));
+    }
+    let now = clock.now();
+    let mut text = String::new();
+    for device in devices {
+        let grant = Grant {
+            id: GrantId::random().map_err(|e| invalid(e.to_string()))?,
+            user_id: user.id,
+            user_name: user.name.clone(),
+            client: device.key,
+            host: host.key,
+            login: login.to_owned(),
+            permissions: role_permissions(&role),
+            temporary: false,
+            kind: GrantKind::Offline,
+            not_before: now,
+            not_after: now.saturating_add(ttl),
+            max_session_secs: role.max_session.as_secs(),
+        };
+        let signed = ca.sign_grant(&grant).map_err(|e| invalid(e.to_string()))?;
+        text.push_str(&grant_to_text(&signed));
+    }
+    store.close().await;
+    Ok(text)
 }
 
 /// Where to listen when told nothing: the init address's port on every interface (the init

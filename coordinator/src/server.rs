@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use mesh_node::endpoint::{Connection, Endpoint};
 use mesh_node::framed::{FrameReader, write_frame};
-use mesh_proto::grant::ONLINE_GRANT_DEFAULT_TTL;
+use mesh_proto::grant::{OFFLINE_GRANT_DEFAULT_TTL, ONLINE_GRANT_DEFAULT_TTL};
 use mesh_proto::messages::control::{
     ControlMessage, Done, Enroll, Enrolled, Failure, Granted, HostContact, HostEntry, HostSet,
     Hosts, InviteCreate, InviteEntry, InviteList, InviteRevoke, InviteTarget, Invited, Label,
-    SessionGrantRequest, Settings, TimeReply, Welcome,
+    RoleList, RoleRemove, RoleSpec, SessionGrantRequest, Settings, TimeReply, UserAdd, UserEntry,
+    UserList, UserRemove, UserSetRole, Welcome,
 };
 use mesh_proto::token::{EnrollmentToken, TokenKind, TokenSecret, open_token};
 use mesh_proto::{
@@ -23,7 +24,10 @@ use mesh_proto::{
 };
 use tokio::sync::mpsc;
 
-use crate::model::{Host, HostSettings, Invite, InviteFor, Role, User, check_name};
+use crate::model::{
+    Host, HostSelector, HostSettings, Invite, InviteFor, LOGIN_ANY, LOGIN_SELF, Permission, Role,
+    User, check_name,
+};
 use crate::policy::{Request, authorize};
 use crate::store::{Store, StoreError};
 
@@ -225,6 +229,16 @@ impl<S: Store> Coordinator<S> {
                 self.store.remove_invite(&id).await.map_err(store_error)?;
                 Ok(done(format!("invite {id} revoked")))
             }
+            ControlMessage::UserListRequest(_)
+            | ControlMessage::UserAdd(_)
+            | ControlMessage::UserRemove(_)
+            | ControlMessage::UserSetRole(_)
+            | ControlMessage::RoleListRequest(_)
+            | ControlMessage::RolePut(_)
+            | ControlMessage::RoleRemove(_) => {
+                authorize(&user, &role, &Request::Administer).map_err(|d| d.0)?;
+                self.administer(&user, request).await
+            }
             ControlMessage::OfflineGrantsRequest(_) => {
                 Err("offline grants are not built yet (issue #5)".into())
             }
@@ -232,6 +246,82 @@ impl<S: Store> Coordinator<S> {
                 nonce: request.nonce,
                 coordinator_time: self.now(),
             })),
+            other => Err(format!("unexpected request {other:?}")),
+        }
+    }
+
+    /// User and role administration (the caller is an admin).
+    async fn administer(&self, admin: &User, request: ControlMessage) -> Reply {
+        let store = &self.store;
+        match request {
+            ControlMessage::UserListRequest(_) => {
+                let mut users = Vec::new();
+                for user in store.users().await.map_err(store_error)? {
+                    let devices = store.devices_of(user.id).await.map_err(store_error)?;
+                    users.push(UserEntry {
+                        devices: u32::try_from(devices.len()).unwrap_or(u32::MAX),
+                        name: user.name,
+                        role: user.role,
+                        created_at: user.created_at,
+                    });
+                }
+                Ok(ControlMessage::UserList(UserList { users }))
+            }
+            ControlMessage::UserAdd(UserAdd { name, role }) => {
+                check_name("user", &name)?;
+                store
+                    .add_user(&name, &role, self.now())
+                    .await
+                    .map_err(store_error)?;
+                tracing::info!(by = %admin.name, user = %name, %role, "user added");
+                Ok(done(format!(
+                    "user {name} added with role {role}; enroll a device with `mesh invite user {name}`"
+                )))
+            }
+            ControlMessage::UserRemove(UserRemove { name }) => {
+                if name == admin.name {
+                    return Err("you cannot remove yourself; another admin can".into());
+                }
+                store.remove_user(&name).await.map_err(store_error)?;
+                tracing::info!(by = %admin.name, user = %name, "user removed");
+                Ok(done(format!(
+                    "user {name} removed; their devices get no new grants (grants already \
+                     issued stay valid until they expire)"
+                )))
+            }
+            ControlMessage::UserSetRole(UserSetRole { name, role }) => {
+                store
+                    .set_user_role(&name, &role)
+                    .await
+                    .map_err(store_error)?;
+                tracing::info!(by = %admin.name, user = %name, %role, "role changed");
+                Ok(done(format!("{name} now has role {role}")))
+            }
+            ControlMessage::RoleListRequest(_) => {
+                let roles = store.roles().await.map_err(store_error)?;
+                Ok(ControlMessage::RoleList(RoleList {
+                    roles: roles.iter().map(role_spec).collect(),
+                }))
+            }
+            ControlMessage::RolePut(spec) => {
+                let role = role_from_spec(spec)?;
+                if Role::is_built_in(&role.name) {
+                    return Err(format!(
+                        "{} is a built-in role and cannot be redefined",
+                        role.name
+                    ));
+                }
+                store.put_role(&role).await.map_err(store_error)?;
+                tracing::info!(by = %admin.name, role = %role.name, "role defined");
+                Ok(done(format!("role {} defined", role.name)))
+            }
+            ControlMessage::RoleRemove(RoleRemove { name }) => {
+                if Role::is_built_in(&name) {
+                    return Err(format!("{name} is a built-in role and cannot be removed"));
+                }
+                store.remove_role(&name).await.map_err(store_error)?;
+                Ok(done(format!("role {name} removed")))
+            }
             other => Err(format!("unexpected request {other:?}")),
         }
     }
@@ -287,6 +377,18 @@ impl<S: Store> Coordinator<S> {
         };
         let signed = self.ca.sign_grant(&grant).map_err(|e| e.to_string())?;
         tracing::info!(user = %user.name, host = %host.name, %login, grant = %grant.id, "grant issued");
+        let offline_grant = if authorize(user, role, &Request::OfflineGrants).is_ok() {
+            let offline = Grant {
+                id: GrantId::random().map_err(|e| e.to_string())?,
+                permissions: role_permissions(role),
+                kind: GrantKind::Offline,
+                not_after: now.saturating_add(OFFLINE_GRANT_DEFAULT_TTL),
+                ..grant
+            };
+            Some(self.ca.sign_grant(&offline).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
         Ok(ControlMessage::Granted(Granted {
             grant: signed,
             host: HostContact {
@@ -294,6 +396,7 @@ impl<S: Store> Coordinator<S> {
                 key: host.key,
                 addrs: host.addrs,
             },
+            offline_grant,
         }))
     }
 
@@ -512,6 +615,18 @@ fn contact_addrs(
     addrs
 }
 
+/// The session permissions a role's grants carry.
+pub fn role_permissions(role: &Role) -> Permissions {
+    let mut permissions = Permissions::NONE;
+    if role.allows(Permission::Shell) {
+        permissions = permissions.union(Permissions::SHELL);
+    }
+    if role.allows(Permission::Exec) {
+        permissions = permissions.union(Permissions::EXEC);
+    }
+    permissions
+}
+
 fn done(message: String) -> ControlMessage {
     ControlMessage::Done(Done { message })
 }
@@ -549,6 +664,68 @@ fn labels_in(labels: Vec<Label>) -> Result<BTreeMap<String, String>, String> {
         out.insert(key, value);
     }
     Ok(out)
+}
+
+fn role_spec(role: &Role) -> RoleSpec {
+    RoleSpec {
+        name: role.name.clone(),
+        permissions: role
+            .permissions
+            .iter()
+            .map(|p| p.name().to_owned())
+            .collect(),
+        all_hosts: role.hosts.all,
+        host_names: role.hosts.names.clone(),
+        host_labels: labels_out(&role.hosts.labels),
+        logins: role.logins.clone(),
+        max_session_secs: role.max_session.as_secs(),
+    }
+}
+
+fn role_from_spec(spec: RoleSpec) -> Result<Role, String> {
+    check_name("role", &spec.name)?;
+    let permissions = spec
+        .permissions
+        .iter()
+        .map(|p| {
+            Permission::from_name(p).ok_or_else(|| {
+                let known: Vec<&str> = Permission::ALL.iter().map(|p| p.name()).collect();
+                format!("unknown permission {p:?} (known: {})", known.join(", "))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for name in &spec.host_names {
+        check_name("host", name)?;
+    }
+    for login in &spec.logins {
+        let plain = login == LOGIN_ANY
+            || login == LOGIN_SELF
+            || (!login.is_empty()
+                && login.len() <= 32
+                && login
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')));
+        if !plain {
+            return Err(format!(
+                "login {login:?} is not a valid Unix login, $user or *"
+            ));
+        }
+    }
+    let max_session = Duration::from_secs(spec.max_session_secs);
+    if max_session.is_zero() {
+        return Err("a role's maximum session must be longer than zero".into());
+    }
+    Ok(Role {
+        name: spec.name,
+        permissions,
+        hosts: HostSelector {
+            all: spec.all_hosts,
+            names: spec.host_names,
+            labels: labels_in(spec.host_labels)?,
+        },
+        logins: spec.logins,
+        max_session,
+    })
 }
 
 fn invite_entry(invite: Invite) -> InviteEntry {

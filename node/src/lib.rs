@@ -16,6 +16,7 @@ pub mod control;
 pub mod endpoint;
 pub mod error;
 pub mod framed;
+pub mod grant_cache;
 pub mod keyfile;
 pub mod session;
 pub mod tls;

@@ -118,6 +118,15 @@ async fn devices_join_users_and_keys_are_never_shared(store: &impl Store) {
         .unwrap_err();
     assert!(err.to_string().contains("already enrolled"), "{err}");
     assert_eq!(store.device(key(20)).await.unwrap(), Some(laptop));
+    let keys: Vec<_> = store
+        .devices_of(alice.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.key)
+        .collect();
+    assert_eq!(keys.len(), 2);
+    assert!(keys.contains(&key(20)) && keys.contains(&key(21)));
     assert_eq!(
         store.user_by_id(alice.id).await.unwrap().unwrap().name,
         "alice"

@@ -136,6 +136,18 @@ impl Store for MemoryStore {
         Ok(self.lock().devices.get(&key).cloned())
     }
 
+    async fn devices_of(&self, user: UserId) -> StoreResult<Vec<Device>> {
+        let mut devices: Vec<Device> = self
+            .lock()
+            .devices
+            .values()
+            .filter(|d| d.user_id == user)
+            .cloned()
+            .collect();
+        devices.sort_by_key(|d| d.enrolled_at);
+        Ok(devices)
+    }
+
     async fn host(&self, name: &str) -> StoreResult<Option<Host>> {
         Ok(self.lock().hosts.get(name).cloned())
     }

@@ -72,6 +72,8 @@ pub trait Store: Send + Sync + 'static {
     fn remove_user(&self, name: &str) -> impl Future<Output = StoreResult<()>> + Send;
     /// A device by key.
     fn device(&self, key: NodeId) -> impl Future<Output = StoreResult<Option<Device>>> + Send;
+    /// A user's devices, oldest first.
+    fn devices_of(&self, user: UserId) -> impl Future<Output = StoreResult<Vec<Device>>> + Send;
 
     /// A host by name.
     fn host(&self, name: &str) -> impl Future<Output = StoreResult<Option<Host>>> + Send;

@@ -442,6 +442,24 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    async fn devices_of(&self, user: UserId) -> StoreResult<Vec<Device>> {
+        let rows = sqlx::query("SELECT * FROM devices WHERE user_id = ? ORDER BY enrolled_at, key")
+            .bind(i64::try_from(user.0).unwrap_or(-1))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                let key: String = row.try_get("key").map_err(db)?;
+                Ok(Device {
+                    key: node_id(&key)?,
+                    user_id: user,
+                    enrolled_at: time(row.try_get("enrolled_at").map_err(db)?),
+                })
+            })
+            .collect()
+    }
+
     async fn host(&self, name: &str) -> StoreResult<Option<Host>> {
         sqlx::query("SELECT * FROM hosts WHERE name = ?")
             .bind(name)

@@ -66,6 +66,24 @@ crate::wire_messages! {
         21 => InviteList(InviteList),
         /// Admin → coordinator: withdraw a pending invite.
         22 => InviteRevoke(InviteRevoke),
+        /// Admin → coordinator: list users.
+        23 => UserListRequest(UserListRequest),
+        /// Coordinator → admin: users.
+        24 => UserList(UserList),
+        /// Admin → coordinator: add a user (devices join with `mesh invite user`).
+        25 => UserAdd(UserAdd),
+        /// Admin → coordinator: remove a user and their devices.
+        26 => UserRemove(UserRemove),
+        /// Admin → coordinator: change a user's role.
+        27 => UserSetRole(UserSetRole),
+        /// Admin → coordinator: list roles.
+        28 => RoleListRequest(RoleListRequest),
+        /// Coordinator → admin: roles.
+        29 => RoleList(RoleList),
+        /// Admin → coordinator: define (or redefine) a role.
+        30 => RolePut(RoleSpec),
+        /// Admin → coordinator: remove a role no user holds.
+        31 => RoleRemove(RoleRemove),
     }
 }
 
@@ -163,6 +181,10 @@ pub struct Granted {
     pub grant: Vec<u8>,
     /// The host.
     pub host: HostContact,
+    /// For a role with the offline permission: an offline grant for the same host and login,
+    /// for the client to keep and use while the coordinator is unreachable.
+    #[serde(with = "serde_bytes")]
+    pub offline_grant: Option<Vec<u8>>,
 }
 
 /// Ask for offline grants.
@@ -383,4 +405,117 @@ pub struct Revoke {
 pub struct Failure {
     /// One line saying what happened and what to do.
     pub message: String,
+}
+
+/// Most users or roles listed.
+pub const MAX_LISTED: usize = 4096;
+/// Most permissions, host names or logins in a role.
+pub const MAX_ROLE_ITEMS: usize = 64;
+
+/// List users.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct UserListRequest;
+
+/// One user.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct UserEntry {
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: String,
+    /// Enrolled devices.
+    pub devices: u32,
+    /// When added.
+    pub created_at: UnixTime,
+}
+
+/// Users.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct UserList {
+    /// By name.
+    #[serde(deserialize_with = "bounded_vec::<_, _, MAX_LISTED>")]
+    #[cfg_attr(test, proptest(strategy = "crate::messages::tests::vec_up_to(4)"))]
+    pub users: Vec<UserEntry>,
+}
+
+/// Add a user.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct UserAdd {
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: String,
+}
+
+/// Remove a user.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct UserRemove {
+    /// Name.
+    pub name: String,
+}
+
+/// Change a user's role.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct UserSetRole {
+    /// Name.
+    pub name: String,
+    /// New role.
+    pub role: String,
+}
+
+/// List roles.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct RoleListRequest;
+
+/// A role: permissions × hosts × logins.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct RoleSpec {
+    /// Name.
+    pub name: String,
+    /// Permission names.
+    #[serde(deserialize_with = "bounded_vec::<_, _, MAX_ROLE_ITEMS>")]
+    #[cfg_attr(test, proptest(strategy = "crate::messages::tests::vec_up_to(4)"))]
+    pub permissions: Vec<String>,
+    /// Every host.
+    pub all_hosts: bool,
+    /// Hosts by name.
+    #[serde(deserialize_with = "bounded_vec::<_, _, MAX_ROLE_ITEMS>")]
+    #[cfg_attr(test, proptest(strategy = "crate::messages::tests::vec_up_to(4)"))]
+    pub host_names: Vec<String>,
+    /// Hosts carrying all these labels.
+    #[serde(deserialize_with = "bounded_vec::<_, _, MAX_LABELS>")]
+    #[cfg_attr(test, proptest(strategy = "crate::messages::tests::vec_up_to(4)"))]
+    pub host_labels: Vec<Label>,
+    /// Logins (`$user` is the user's own name, `*` any).
+    #[serde(deserialize_with = "bounded_vec::<_, _, MAX_ROLE_ITEMS>")]
+    #[cfg_attr(test, proptest(strategy = "crate::messages::tests::vec_up_to(4)"))]
+    pub logins: Vec<String>,
+    /// Longest session under its grants, in seconds.
+    pub max_session_secs: u64,
+}
+
+/// Roles.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct RoleList {
+    /// By name.
+    #[serde(deserialize_with = "bounded_vec::<_, _, MAX_LISTED>")]
+    #[cfg_attr(test, proptest(strategy = "crate::messages::tests::vec_up_to(4)"))]
+    pub roles: Vec<RoleSpec>,
+}
+
+/// Remove a role.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct RoleRemove {
+    /// Name.
+    pub name: String,
 }
