@@ -8,6 +8,7 @@
 
 mod args;
 mod control;
+mod demo;
 mod exit;
 mod remote;
 mod terminal;
@@ -40,7 +41,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let home = cli.home.clone();
     match cli.command {
-        Command::Demo { .. } => Err(not_built("demo", 5)),
+        Command::Demo { exec } => {
+            logging("warn");
+            demo::run(exec).map(ExitCode::from)
+        }
         Command::Coordinator(CoordinatorCommand::Init { addr }) => {
             control::coordinator_init(&home_dir(home)?, addr)
         }

@@ -142,7 +142,7 @@ async fn session(home: &Path, request: Request) -> Result<u8, Failure> {
     let input = SessionInput {
         stdin: spawn_stdin_reader(),
         events: events_rx,
-        escapes: false,
+        escapes: raw.is_some(),
     };
     if want_pty {
         tokio::spawn(forward_window_changes(events_tx));

@@ -42,14 +42,26 @@ fn init_serve_invite_join_login_exec_and_the_host_returns_after_a_coordinator_re
     let out = fleet.admin(&["hosts", "--json"]);
     let hosts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let edge = &hosts[0];
-    for key in ["name", "node_id", "online", "labels", "remote_shell", "temp_users"] {
+    for key in [
+        "name",
+        "node_id",
+        "online",
+        "labels",
+        "remote_shell",
+        "temp_users",
+    ] {
         assert!(edge.get(key).is_some(), "{key} missing: {edge}");
     }
     assert_eq!(edge["online"], true);
 
     fleet.coordinator.kill();
     let out = fleet.admin(&["hosts"]);
-    assert_eq!(out.status.code(), Some(1), "coordinator down: {}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "coordinator down: {}",
+        text(&out.stderr)
+    );
     fleet.coordinator.start();
     // The host reconnects by itself (backoff with jitter), without being restarted.
     eventually("host online again", Duration::from_secs(60), || {
@@ -75,14 +87,26 @@ fn roles_decide_logins_and_commands_with_the_reason() {
     );
     let out = run_in(&fleet.home("vic"), &["exec", "edge-01", "--", "true"]);
     assert_eq!(out.status.code(), Some(255));
-    assert!(text(&out.stderr).contains("vic may not run commands"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("vic may not run commands"),
+        "{}",
+        text(&out.stderr)
+    );
     // A viewer still sees the directory.
     let out = run_in(&fleet.home("vic"), &["hosts"]);
-    assert!(text(&out.stdout).contains("edge-01"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("edge-01"),
+        "{}",
+        text(&out.stderr)
+    );
     // Only admins invite.
     let out = run_in(&olga, &["invite", "host", "--name", "sneaky"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("issue credentials"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("issue credentials"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -94,14 +118,24 @@ fn remote_shell_off_refuses_new_sessions_at_once_and_on_brings_them_back() {
     assert_eq!(exec().status.code(), Some(0));
     let out = fleet.admin(&["host", "set", "edge-01", "remote-shell=off"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("the host has been told"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("the host has been told"),
+        "{}",
+        text(&out.stdout)
+    );
     let out = exec();
     assert_eq!(out.status.code(), Some(255));
-    assert!(text(&out.stderr).contains("remote shell is off on edge-01"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("remote shell is off on edge-01"),
+        "{}",
+        text(&out.stderr)
+    );
     // The host itself heard it too (it refuses even grants issued before the change).
-    eventually("the host applied the setting", Duration::from_secs(5), || {
-        host.log().contains("settings changed")
-    });
+    eventually(
+        "the host applied the setting",
+        Duration::from_secs(5),
+        || host.log().contains("settings changed"),
+    );
     fleet.admin(&["host", "set", "edge-01", "remote-shell=on"]);
     let out = exec();
     assert_eq!(text(&out.stdout), "ok\n", "{}", text(&out.stderr));
@@ -117,11 +151,19 @@ fn tokens_are_one_time_and_names_belong_to_one_key() {
     // The same token again, from another machine.
     let out = run_with_stdin(&fleet.home("second"), &["node", "join", "-"], &token);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("already used"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("already used"),
+        "{}",
+        text(&out.stderr)
+    );
     // A fresh invite for the enrolled name is refused up front.
     let out = fleet.admin(&["invite", "host", "--name", "edge-01"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("already enrolled"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("already enrolled"),
+        "{}",
+        text(&out.stderr)
+    );
     // Pending invites can be listed and withdrawn.
     fleet.invite(&["invite", "host", "--name", "edge-02"]);
     let out = fleet.admin(&["invite", "list", "--json"]);
@@ -139,7 +181,11 @@ fn a_corrupt_database_or_a_second_init_is_one_line_and_changes_nothing() {
     let home = coordinator.home();
     let out = run_in(&home, &["coordinator", "init"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("already"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("already"),
+        "{}",
+        text(&out.stderr)
+    );
     let db = home.join("coordinator.db");
     let garbage = vec![0x42u8; 16 * 1024];
     std::fs::write(&db, &garbage).unwrap();
@@ -150,4 +196,23 @@ fn a_corrupt_database_or_a_second_init_is_one_line_and_changes_nothing() {
     assert!(stderr.contains("coordinator.db"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(std::fs::read(&db).unwrap(), garbage, "untouched");
+}
+
+#[test]
+fn the_demo_runs_a_command_on_a_whole_mesh_and_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(mesh_tests::mesh_bin())
+        .args(["demo", "--exec", "echo demo-ok; exit 3"])
+        .env("TMPDIR", tmp.path())
+        .env_remove("MESH_HOME")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "demo-ok\n", "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(3), "the command's status");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "the demo's temporary home is removed: {left:?}"
+    );
 }
