@@ -6,11 +6,15 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use mesh_node::control::{client_endpoint, connect_from_home, request as control_request};
+use mesh_node::control::{
+    Enrollment, client_endpoint, connect_coordinator, request as control_request,
+};
 use mesh_node::endpoint::Endpoint;
+use mesh_node::grant_cache;
 use mesh_node::session::client::{
     ClientEvent, SessionInput, SessionOutcome, SessionRequest, open_session,
 };
+use mesh_proto::UnixTime;
 use mesh_proto::grant_file::{grant_from_text, grant_unverified};
 use mesh_proto::messages::SESSION_ALPN;
 use mesh_proto::messages::control::{ControlMessage, SessionGrantRequest};
@@ -61,48 +65,27 @@ async fn session(home: &Path, request: Request) -> Result<u8, Failure> {
     };
     let fail = |e: mesh_node::Error| Failure::Session(e.to_string());
     let (endpoint, grant, host_key, addrs) = match (target.direct, target.grant.as_ref()) {
-        (Some(addr), Some(grant_path)) => {
-            let grant = read_grant(grant_path)?;
-            let granted = grant_unverified(&grant)
-                .map_err(|e| Failure::Session(format!("{}: {e}", grant_path.display())))?;
+        (direct, Some(grant_path)) => {
             let endpoint = client_endpoint(home).map_err(fail)?;
-            (endpoint, grant, granted.host, vec![addr])
-        }
-        (None, Some(_)) => {
-            return Err(Failure::Session(
-                "--grant FILE needs --direct ADDR (the host's address) for now".into(),
-            ));
+            let (grant, host_key) = read_grant(grant_path, endpoint.node_id())?;
+            let addrs = match direct {
+                Some(addr) => vec![addr],
+                None => grant_cache::addrs_for(home, host_key),
+            };
+            if addrs.is_empty() {
+                return Err(Failure::Session(format!(
+                    "no address is known for the host of {}; pass --direct ADDR",
+                    grant_path.display()
+                )));
+            }
+            (endpoint, grant, host_key, addrs)
         }
         (Some(_), None) => {
             return Err(Failure::Session(
                 "--direct ADDR needs --grant FILE; without both, mesh asks the coordinator".into(),
             ));
         }
-        (None, None) => {
-            let link = connect_from_home(home).await.map_err(fail)?;
-            let ask = ControlMessage::GrantRequest(SessionGrantRequest {
-                host: target.host.clone(),
-                login: Some(login.clone()),
-                command: request.command.is_some(),
-            });
-            let reply = control_request(&link.conn, &ask).await.map_err(fail)?;
-            link.conn.quic().close(0u32.into(), b"granted");
-            let ControlMessage::Granted(granted) = reply else {
-                return Err(Failure::Session(format!("unexpected reply {reply:?}")));
-            };
-            if granted.host.addrs.is_empty() {
-                return Err(Failure::Session(format!(
-                    "{} has never connected to the coordinator, so its address is unknown",
-                    target.host
-                )));
-            }
-            (
-                link.endpoint,
-                granted.grant,
-                granted.host.key,
-                granted.host.addrs,
-            )
-        }
+        (None, None) => by_name(home, &target.host, &login, request.command.is_some()).await?,
     };
 
     let tty = stdin_is_terminal();
@@ -182,10 +165,28 @@ enum Ended {
     Signal(i32),
 }
 
-fn read_grant(path: &PathBuf) -> Result<Vec<u8>, Failure> {
+/// Reads a grant file (one grant per line, one per device of the user) and returns the grant
+/// for this device's key `me`, with the host key it names.
+fn read_grant(
+    path: &PathBuf,
+    me: mesh_proto::NodeId,
+) -> Result<(Vec<u8>, mesh_proto::NodeId), Failure> {
+    let bad = |e: String| Failure::Session(format!("{}: {e}", path.display()));
     let text = std::fs::read_to_string(path)
         .map_err(|e| Failure::Session(format!("cannot read grant file {}: {e}", path.display())))?;
-    grant_from_text(&text).map_err(|e| Failure::Session(format!("{}: {e}", path.display())))
+    let mut others = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let grant = grant_from_text(line).map_err(|e| bad(e.to_string()))?;
+        let content = grant_unverified(&grant).map_err(|e| bad(e.to_string()))?;
+        if content.client == me {
+            return Ok((grant, content.host));
+        }
+        others += 1;
+    }
+    Err(bad(format!(
+        "none of its {others} grant(s) is for this device (key {}); ask for one minted for it",
+        me.short()
+    )))
 }
 
 fn local_user_name() -> Result<String, Failure> {
@@ -194,6 +195,82 @@ fn local_user_name() -> Result<String, Failure> {
         .flatten()
         .map(|user| user.name)
         .ok_or_else(|| Failure::Session("cannot tell your user name; pass --login USER".into()))
+}
+
+/// Asks the coordinator for a grant for `host`; keeps the offline grant that may come with it;
+/// when the coordinator cannot be reached, falls back to a kept offline grant and says so.
+async fn by_name(
+    home: &Path,
+    host: &str,
+    login: &str,
+    command: bool,
+) -> Result<(Endpoint, Vec<u8>, mesh_proto::NodeId, Vec<SocketAddr>), Failure> {
+    let fail = |e: mesh_node::Error| Failure::Session(e.to_string());
+    let enrollment = Enrollment::load(home).map_err(fail)?.ok_or_else(|| {
+        Failure::Session(format!(
+            "{} is not enrolled: run `mesh login TOKEN`, or use --direct ADDR --grant FILE",
+            home.display()
+        ))
+    })?;
+    let endpoint = client_endpoint(home).map_err(fail)?;
+    let conn = match connect_coordinator(
+        &endpoint,
+        enrollment.coordinator_key,
+        &enrollment.coordinator_addrs,
+    )
+    .await
+    {
+        Ok(conn) => conn,
+        Err(unreachable) => {
+            let now = UnixTime::from_system_time(std::time::SystemTime::now());
+            let Some(kept) = grant_cache::find(home, host, login, now) else {
+                return Err(Failure::Session(format!(
+                    "cannot reach the coordinator ({unreachable}) and this device holds no \
+                     offline grant for {login} on {host}"
+                )));
+            };
+            eprintln!(
+                "mesh: coordinator unreachable; offline: using the kept grant for {login} on \
+                 {host} (valid until {})",
+                humantime::format_rfc3339_seconds(kept.not_after.to_system_time())
+            );
+            return Ok((endpoint, kept.grant, kept.key, kept.addrs));
+        }
+    };
+    let ask = ControlMessage::GrantRequest(SessionGrantRequest {
+        host: host.to_owned(),
+        login: Some(login.to_owned()),
+        command,
+    });
+    let reply = control_request(&conn, &ask).await.map_err(fail)?;
+    conn.quic().close(0u32.into(), b"granted");
+    let ControlMessage::Granted(granted) = reply else {
+        return Err(Failure::Session(format!("unexpected reply {reply:?}")));
+    };
+    if granted.host.addrs.is_empty() {
+        return Err(Failure::Session(format!(
+            "{host} has never connected to the coordinator, so its address is unknown"
+        )));
+    }
+    if let Some(offline) = &granted.offline_grant {
+        // Only a convenience for later: a failure to keep it must not stop this session.
+        if let Err(e) = grant_cache::save(
+            home,
+            host,
+            login,
+            granted.host.key,
+            &granted.host.addrs,
+            offline,
+        ) {
+            tracing::warn!("cannot keep the offline grant: {e}");
+        }
+    }
+    Ok((
+        endpoint,
+        granted.grant,
+        granted.host.key,
+        granted.host.addrs,
+    ))
 }
 
 /// How long one address of a host may take to answer before the next is tried.
