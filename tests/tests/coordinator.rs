@@ -216,3 +216,99 @@ fn the_demo_runs_a_command_on_a_whole_mesh_and_cleans_up() {
         "the demo's temporary home is removed: {left:?}"
     );
 }
+
+/// The address in an agent's "listening on ADDR" log line.
+fn listening_addr(log: &str) -> String {
+    log.split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn with_the_coordinator_gone_sessions_live_on_and_offline_grants_work() {
+    use std::io::{BufRead, Write};
+    let mut fleet = Fleet::start();
+    let edge = fleet.add_host("edge-01");
+    let _other = fleet.add_host("edge-02");
+    let admin = fleet.home("admin");
+    // Online: this also hands the device an offline grant for edge-01.
+    let out = fleet.admin(&["exec", "edge-01", "--", "echo", "first"]);
+    assert_eq!(text(&out.stdout), "first\n", "{}", text(&out.stderr));
+
+    let mut open = mesh_tests::fleet::mesh_in(
+        &admin,
+        &[
+            "exec",
+            "edge-01",
+            "--",
+            "echo ready; read line; echo got-$line",
+        ],
+    )
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = std::io::BufReader::new(open.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+
+    fleet.coordinator.kill();
+
+    // The open session does not notice.
+    writeln!(open.stdin.as_mut().unwrap(), "hello").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "got-hello");
+    assert!(open.wait().unwrap().success());
+
+    // New sessions use the kept offline grant, and say so.
+    let out = fleet.admin(&["exec", "edge-01", "--", "echo", "offline-ok"]);
+    assert_eq!(text(&out.stdout), "offline-ok\n", "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("offline"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A host this device never reached has no kept grant.
+    let out = fleet.admin(&["exec", "edge-02", "--", "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("no offline grant for"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // An admin on the coordinator's machine mints a grant file without the network.
+    let login = current_login();
+    let out = run_in(
+        &fleet.coordinator.home(),
+        &[
+            "coordinator",
+            "grant",
+            "--user",
+            "admin",
+            "--host",
+            "edge-01",
+            "--login",
+            &login,
+            "--ttl",
+            "8h",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let file = admin.join("minted.grant");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let addr = listening_addr(&edge.log());
+    let out = fleet.admin(&[
+        "exec",
+        "edge-01",
+        "--grant",
+        file.to_str().unwrap(),
+        "--direct",
+        &addr,
+        "--",
+        "echo",
+        "minted-ok",
+    ]);
+    assert_eq!(text(&out.stdout), "minted-ok\n", "{}", text(&out.stderr));
+}
