@@ -312,3 +312,109 @@ fn with_the_coordinator_gone_sessions_live_on_and_offline_grants_work() {
     ]);
     assert_eq!(text(&out.stdout), "minted-ok\n", "{}", text(&out.stderr));
 }
+
+#[test]
+fn admins_define_roles_and_move_users_between_them() {
+    let fleet = Fleet::start();
+    let _host = fleet.add_host("edge-01");
+    let me = current_login();
+    let out = fleet.admin(&[
+        "role",
+        "add",
+        "deployers",
+        "--permission",
+        "exec",
+        "--hosts",
+        "edge-01",
+        "--login",
+        &me,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = fleet.admin(&["role", "add", "bad", "--permission", "fly"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("unknown permission"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = fleet.admin(&["role", "remove", "admin"]);
+    assert!(
+        text(&out.stderr).contains("built-in"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    fleet.add_user("dan", "deployers");
+    let dan = fleet.home("dan");
+    let out = run_in(
+        &dan,
+        &["exec", "edge-01", "--login", &me, "--", "echo", "deployed"],
+    );
+    assert_eq!(text(&out.stdout), "deployed\n", "{}", text(&out.stderr));
+    let out = run_in(&dan, &["shell", "edge-01", "--login", &me]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("lacks the shell permission"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = fleet.admin(&["user", "list", "--json"]);
+    let users: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dan_entry = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "dan")
+        .unwrap();
+    assert_eq!(dan_entry["role"], "deployers");
+    assert_eq!(dan_entry["devices"], 1);
+    let out = fleet.admin(&["role", "list", "--json"]);
+    assert!(
+        text(&out.stdout).contains("\"deployers\""),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // A role held by someone cannot go; after a role change, the old rights are gone.
+    let out = fleet.admin(&["role", "remove", "deployers"]);
+    assert!(
+        text(&out.stderr).contains("held by dan"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        fleet
+            .admin(&["user", "set-role", "dan", "viewer"])
+            .status
+            .success()
+    );
+    let out = run_in(&dan, &["exec", "edge-01", "--login", &me, "--", "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        fleet
+            .admin(&["role", "remove", "deployers"])
+            .status
+            .success()
+    );
+    // A removed user's device gets nothing more.
+    assert!(fleet.admin(&["user", "remove", "dan"]).status.success());
+    let out = run_in(&dan, &["hosts"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not enrolled"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_second_coordinator_on_a_taken_port_fails_with_one_line() {
+    let mut fleet = Fleet::start();
+    let out = run_in(&fleet.coordinator.home(), &["coordinator", "serve"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    fleet.coordinator.kill();
+}
