@@ -128,7 +128,11 @@ impl TestCoordinator {
         );
         assert!(out.status.success(), "init: {}", text(&out.stderr));
         let token = text(&out.stdout);
-        assert_eq!(token.lines().count(), 1, "the token alone on stdout: {token:?}");
+        assert_eq!(
+            token.lines().count(),
+            1,
+            "the token alone on stdout: {token:?}"
+        );
         (Self { home, serve: None }, token.trim().to_owned())
     }
 
@@ -197,7 +201,10 @@ impl Fleet {
         std::fs::write(home.join("config.toml"), "listen = \"127.0.0.1:0\"\n").expect("config");
         let out = run_with_stdin(&home, &["node", "join", "-"], &token);
         assert!(out.status.success(), "join {name}: {}", text(&out.stderr));
-        Daemon::spawn(mesh_in(&home, &["node", "run"]), "connected to the coordinator")
+        Daemon::spawn(
+            mesh_in(&home, &["node", "run"]),
+            "connected to the coordinator",
+        )
     }
 
     /// Invites and enrolls user `name` with `role` from home `name`.
