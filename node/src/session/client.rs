@@ -167,19 +167,20 @@ where
         let upstream = async {
             let mut escape = EscapeScanner::default();
             let mut stdin_open = true;
+            let mut events_open = true;
             loop {
                 tokio::select! {
                     biased;
                     () = output_done.notified() => break,
-                    event = events_rx.recv() => {
+                    event = events_rx.recv(), if events_open => {
                         let message = match event {
                             Some(ClientEvent::Resize(size)) => SessionMessage::Resize(size),
                             Some(ClientEvent::Signal(number)) => {
                                 SessionMessage::Signal(Signal { number })
                             }
                             None => {
-                                // No more events; keep serving stdin.
-                                std::future::pending::<()>().await;
+                                // No more events; stdin and the session's end still matter.
+                                events_open = false;
                                 continue;
                             }
                         };
@@ -336,6 +337,71 @@ mod tests {
         let mut scanner = EscapeScanner::default();
         assert_eq!(scanner.scan(b"echo\n~"), (b"echo\n".to_vec(), false));
         assert_eq!(scanner.scan(b"q"), (b"~q".to_vec(), false));
+    }
+
+    /// A host that answers Opened, echoes stdin until its EOF, then reports exit 3.
+    async fn fake_host(stream: tokio::io::DuplexStream) {
+        let (read, mut write) = tokio::io::split(stream);
+        let mut read = FrameReader::new(read);
+        let Some(SessionMessage::Open(_)) = read.next::<SessionMessage>().await.unwrap() else {
+            panic!("expected Open");
+        };
+        let opened =
+            SessionMessage::Opened(mesh_proto::messages::session::Opened { session_id: 1 });
+        write_frame(&mut write, &opened).await.unwrap();
+        while let Some(frame) = read.next::<SessionMessage>().await.unwrap() {
+            match frame {
+                SessionMessage::Data(Data { bytes, .. }) => {
+                    let data = Data {
+                        stream: Stream::Stdout,
+                        bytes,
+                    };
+                    write_frame(&mut write, &SessionMessage::Data(data))
+                        .await
+                        .unwrap();
+                }
+                SessionMessage::Eof(_) => break,
+                _ => {}
+            }
+        }
+        let exited = SessionMessage::Exited(ExitStatus::Code(3));
+        write_frame(&mut write, &exited).await.unwrap();
+        write.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_session_ends_when_the_host_does_even_with_no_event_source() {
+        let (client, host) = tokio::io::duplex(1 << 16);
+        tokio::spawn(fake_host(host));
+        let (read, write) = tokio::io::split(client);
+        let request = SessionRequest {
+            grant: vec![1],
+            login: "me".into(),
+            command: Some("cat".into()),
+            pty: None,
+            env: vec![],
+        };
+        let session = open_session(write, read, request).await.unwrap();
+        let (stdin_tx, stdin) = mpsc::channel(1);
+        let (events_tx, events) = mpsc::channel(1);
+        // No terminal, so no resize events: the sender goes at once.
+        drop(events_tx);
+        stdin_tx.send(b"typed".to_vec()).await.unwrap();
+        drop(stdin_tx);
+        let input = SessionInput {
+            stdin,
+            events,
+            escapes: false,
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let run = session.run(input, &mut out, &mut err);
+        // A stuck input loop would hang here forever; make it a failure instead.
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(20), run)
+            .await
+            .expect("the session ended")
+            .unwrap();
+        assert_eq!(outcome, SessionOutcome::Exited(ExitStatus::Code(3)));
+        assert_eq!(out, b"typed");
     }
 
     #[test]
