@@ -1,6 +1,6 @@
 //! The coordinator's control-protocol server: enrollment, grants by name, the directory, host
 //! settings pushed to hosts, invites. Every request is authorized by
-//! [`authorize`](crate::policy::authorize) against the requester's role; the requester is the
+//! [`authorize`] against the requester's role; the requester is the
 //! key proven in the TLS handshake.
 
 use std::collections::{BTreeMap, HashMap};
