@@ -139,6 +139,13 @@ impl CaKeySet {
         id
     }
 
+    /// Pins `key` under an id that is not its own, as a key-id collision would: for tests of
+    /// verifiers that must compare whole keys, not ids.
+    #[cfg(test)]
+    pub(crate) fn pin_under(&mut self, id: KeyId, key: NodeId) {
+        self.0.insert(id, key);
+    }
+
     /// Stops trusting the key with id `id`; returns whether it was pinned.
     pub fn retire(&mut self, id: &KeyId) -> bool {
         self.0.remove(id).is_some()

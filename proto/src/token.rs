@@ -152,7 +152,9 @@ pub fn token_bytes_from_text(token: &str) -> Result<Vec<u8>, Rejection> {
 }
 
 /// Checks a token's signature with the CA key it carries, its shape, and its expiry at `now`.
-/// When `pinned` is given (the coordinator redeeming its own token), the CA key must be in it.
+/// When `pinned` is given (the coordinator redeeming its own token), the CA key the token
+/// carries must be the very key pinned under the token's key id: an 8-byte key id names a key,
+/// it does not prove one, and a forger can search for a key whose id matches.
 pub fn open_token(
     bytes: &[u8],
     pinned: Option<&CaKeySet>,
@@ -175,7 +177,7 @@ pub fn open_token(
         reason,
     })?;
     if let Some(pinned) = pinned
-        && pinned.get(&envelope.key_id).is_none()
+        && pinned.get(&envelope.key_id) != Some(&ca_key)
     {
         return Err(Rejection::WrongIssuer {
             key_id: envelope.key_id,
@@ -317,6 +319,30 @@ mod tests {
             Rejection::WrongIssuer {
                 key_id: other.key_id()
             }
+        );
+    }
+
+    #[test]
+    fn a_pinned_key_id_is_not_enough_the_whole_key_must_match() {
+        // A forger's key whose id collides with the pinned key's: simulated by pinning the
+        // real key under the forger's id, which is what a found collision amounts to.
+        let ca = ca();
+        let forger = CaSigner::new(SecretKey::from_seed(&[8; 32]));
+        let text = forger.sign_token(&token(&forger)).unwrap();
+        let mut pinned = CaKeySet::default();
+        pinned.pin_under(forger.key_id(), ca.public_key());
+        assert_eq!(
+            open_token_text(&text, Some(&pinned), NOW).unwrap_err(),
+            Rejection::WrongIssuer {
+                key_id: forger.key_id()
+            }
+        );
+        // The real key, pinned the ordinary way, still opens its own tokens.
+        let own = ca.sign_token(&token(&ca)).unwrap();
+        let pinned = CaKeySet::single(ca.public_key());
+        assert_eq!(
+            open_token_text(&own, Some(&pinned), NOW).unwrap(),
+            token(&ca)
         );
     }
 
