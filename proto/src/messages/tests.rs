@@ -197,6 +197,77 @@ fn a_message_over_the_cap_is_not_encoded() {
 }
 
 #[test]
+fn a_failed_encode_keeps_the_frames_already_in_the_buffer() {
+    use super::session::{Data, MAX_DATA_CHUNK, SessionMessage, Stream};
+    let first = SessionMessage::Data(Data {
+        stream: Stream::Stdout,
+        bytes: b"kept".to_vec(),
+    });
+    let mut out = encode_frame(&first).unwrap();
+    let before = out.clone();
+    // The serializer fails part-way through the payload, after the header and the stream.
+    let too_long = SessionMessage::Data(Data {
+        stream: Stream::Stdout,
+        bytes: vec![0; MAX_DATA_CHUNK + 1],
+    });
+    let result = crate::codec::encode_frame_into(&too_long, &mut out);
+    assert!(matches!(result, Err(Error::Encode { .. })), "{result:?}");
+    assert_eq!(out, before, "a failed encode leaves the buffer as it was");
+    assert_eq!(decode_exact::<SessionMessage>(&out).unwrap(), first);
+}
+
+/// A session frame carrying one `Data` message of `len` bytes, built by hand so that its size
+/// does not depend on what the encoder allows.
+fn data_frame(len: usize) -> Vec<u8> {
+    use super::session::Stream;
+    let payload =
+        postcard::to_stdvec(&(Stream::Stdin, serde_bytes::Bytes::new(&vec![7; len]))).unwrap();
+    let mut frame = header(4, payload.len() as u32);
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+#[test]
+fn a_data_chunk_over_its_cap_is_refused_before_copying() {
+    use super::session::{Data, MAX_DATA_CHUNK, SessionMessage, Stream};
+    let frame = data_frame(MAX_DATA_CHUNK);
+    let at_cap = decode_exact::<SessionMessage>(&frame).unwrap();
+    assert_eq!(
+        at_cap,
+        SessionMessage::Data(Data {
+            stream: Stream::Stdin,
+            bytes: vec![7; MAX_DATA_CHUNK],
+        })
+    );
+    assert_eq!(
+        encode_frame(&at_cap).unwrap(),
+        frame,
+        "the same encoding as before"
+    );
+
+    let frame = data_frame(MAX_DATA_CHUNK + 1);
+    assert!(frame.len() - FRAME_HEADER_LEN <= SessionMessage::MAX_PAYLOAD as usize);
+    let (decoded, largest) = largest_allocation(|| decode_exact::<SessionMessage>(&frame));
+    // Matched rather than unwrapped: a wrongly accepted chunk would print 64 KiB of bytes.
+    assert!(
+        matches!(decoded, Err(Error::Malformed { .. })),
+        "a chunk of {} bytes was not refused",
+        MAX_DATA_CHUNK + 1
+    );
+    assert!(
+        largest < 4096,
+        "allocated {largest} bytes for a refused chunk"
+    );
+    assert!(
+        matches!(
+            decode_frame::<SessionMessage>(&frame),
+            Err(Error::Malformed { .. })
+        ),
+        "decode_frame refuses it too"
+    );
+}
+
+#[test]
 fn the_largest_udp_payload_fits_a_relay_frame() {
     use super::relay::{Deliver, RelayMessage};
     use crate::id::SecretKey;
