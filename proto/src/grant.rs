@@ -406,8 +406,11 @@ fn check_login(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hostile::{ALLOC_SLACK, hostile_body_of};
     use crate::id::SecretKey;
     use crate::revocation::{Revocation, RevocationTarget};
+    use crate::signed::ENVELOPE_VERSION;
+    use crate::test_alloc::largest_allocation;
     use proptest::prelude::*;
 
     const NOW: UnixTime = UnixTime::from_secs(1_800_000_000);
@@ -835,29 +838,93 @@ mod tests {
         assert_eq!(Permissions::from_name("root"), None);
     }
 
+    /// `g` bent into a shape the CA signs: a short ASCII login, no user name, an ordered window
+    /// no longer than its kind allows, a session limit in range and a known permission.
+    fn well_shaped(mut g: Grant) -> Grant {
+        g.login = "a".repeat(g.login.len().clamp(1, MAX_LOGIN_LEN));
+        g.user_name.truncate(0);
+        if g.not_after < g.not_before {
+            std::mem::swap(&mut g.not_after, &mut g.not_before);
+        }
+        g.not_after = g
+            .not_after
+            .min(g.not_before.saturating_add(g.kind.max_ttl()));
+        g.max_session_secs = g.max_session_secs.clamp(1, MAX_SESSION_LIMIT.as_secs());
+        if g.permissions.known().is_empty() {
+            g.permissions = g.permissions.union(Permissions::EXEC);
+        }
+        g
+    }
+
+    /// Grants that pass the shape check, half of them for the test world's host and client
+    /// and valid at [`NOW`], so that verification of their mutations gets far.
+    fn plausible_grants() -> impl Strategy<Value = Grant> {
+        (any::<Grant>(), any::<bool>()).prop_map(|(g, for_this_world)| {
+            let mut g = well_shaped(g);
+            if for_this_world {
+                let w = world();
+                (g.host, g.client, g.login) = (w.host, w.client, "deploy".into());
+                g.not_before = NOW;
+                g.not_after = NOW.saturating_add(ONLINE_GRANT_DEFAULT_TTL);
+            }
+            g
+        })
+    }
+
     proptest! {
         #[test]
-        fn signed_grants_round_trip(mut g: Grant) {
-            g.login = "a".repeat(g.login.len().clamp(1, MAX_LOGIN_LEN));
-            g.user_name.truncate(0);
-            if g.not_after < g.not_before {
-                std::mem::swap(&mut g.not_after, &mut g.not_before);
-            }
-            g.not_after = g.not_after.min(g.not_before.saturating_add(g.kind.max_ttl()));
-            g.max_session_secs = g.max_session_secs.clamp(1, MAX_SESSION_LIMIT.as_secs());
-            if g.permissions.known().is_empty() {
-                g.permissions = g.permissions.union(Permissions::EXEC);
-            }
+        fn signed_grants_round_trip(g: Grant) {
+            let g = well_shaped(g);
             let w = world();
             let bytes = w.ca.sign_grant(&g).unwrap();
             let opened = open_grant(&bytes, &w.keys).unwrap();
             prop_assert_eq!(opened.grant, g);
         }
 
+        /// Envelopes with a valid header (version, the pinned CA's key id) around hostile
+        /// bodies. Signed by the pinned CA they reach the body decoder and the shape check;
+        /// with a random signature they stop at the signature. Either way nothing panics or
+        /// allocates beyond the input, and only a canonical, well-shaped grant verifies.
         #[test]
-        fn arbitrary_bytes_never_verify(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        fn hostile_grant_bodies_never_panic_or_overallocate(
+            body in hostile_body_of(plausible_grants()),
+            signature in proptest::collection::vec(any::<u8>(), 64),
+            signed: bool,
+        ) {
             let w = world();
-            prop_assert!(check(&w, &bytes, &request(&w)).is_err());
+            let bytes = if signed {
+                w.ca.seal_raw(Domain::Grant, &body)
+            } else {
+                let mut bytes = vec![ENVELOPE_VERSION];
+                bytes.extend_from_slice(w.ca.key_id().as_bytes());
+                bytes.extend_from_slice(&signature);
+                bytes.extend_from_slice(&body);
+                bytes
+            };
+            let (result, largest) = largest_allocation(|| check(&w, &bytes, &request(&w)));
+            prop_assert!(
+                largest <= ALLOC_SLACK + 2 * bytes.len(),
+                "allocated {} bytes for a {}-byte grant", largest, bytes.len()
+            );
+            let fits = bytes.len() <= Domain::Grant.max_len();
+            match result {
+                Ok(verified) => {
+                    prop_assert!(signed);
+                    prop_assert!(verified.grant.check_shape().is_ok());
+                    prop_assert_eq!(postcard::to_stdvec(&verified.grant).unwrap(), body.clone());
+                }
+                Err(Rejection::BadSignature { .. }) => {
+                    prop_assert!(!signed, "the CA's own signature was refused");
+                }
+                Err(Rejection::WrongIssuer { .. }) => {
+                    prop_assert!(false, "the envelope names the pinned key");
+                }
+                Err(other) => {
+                    // A random signature must stop at the signature check, before the body.
+                    prop_assert!(signed || !fits, "{:?}", other);
+                }
+            }
+            crate::fuzzing::grant_body(&body);
         }
     }
 }

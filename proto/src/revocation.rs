@@ -170,7 +170,10 @@ fn insert_latest<K: Ord>(map: &mut BTreeMap<K, UnixTime>, target: K, issued_at: 
 mod tests {
     use super::*;
     use crate::grant::{GrantKind, Permissions, check_validity_window};
+    use crate::hostile::{ALLOC_SLACK, hostile_body};
     use crate::id::SecretKey;
+    use crate::signed::ENVELOPE_VERSION;
+    use crate::test_alloc::largest_allocation;
     use proptest::prelude::*;
 
     const T: UnixTime = UnixTime::from_secs(1_800_000_000);
@@ -334,6 +337,50 @@ mod tests {
                     prop_assert!(check_validity_window(g.not_before, g.not_after, now).is_err());
                 }
             }
+        }
+
+        /// Envelopes with a valid header (version, the pinned CA's key id) around hostile
+        /// bodies. Signed by the CA they reach the body decoder; with a random signature they
+        /// stop at the signature. Nothing panics or allocates beyond the input, and only a
+        /// canonical body opens.
+        #[test]
+        fn hostile_revocation_bodies_never_panic_or_overallocate(
+            body in hostile_body::<Revocation>(),
+            signature in proptest::collection::vec(any::<u8>(), 64),
+            signed: bool,
+        ) {
+            let ca = ca();
+            let keys = CaKeySet::single(ca.public_key());
+            let bytes = if signed {
+                ca.seal_raw(Domain::Revocation, &body)
+            } else {
+                let mut bytes = vec![ENVELOPE_VERSION];
+                bytes.extend_from_slice(ca.key_id().as_bytes());
+                bytes.extend_from_slice(&signature);
+                bytes.extend_from_slice(&body);
+                bytes
+            };
+            let (result, largest) = largest_allocation(|| open_revocation(&bytes, &keys));
+            prop_assert!(
+                largest <= ALLOC_SLACK + 2 * bytes.len(),
+                "allocated {} bytes for a {}-byte revocation", largest, bytes.len()
+            );
+            match result {
+                Ok((revocation, key_id)) => {
+                    prop_assert!(signed);
+                    prop_assert_eq!(key_id, ca.key_id());
+                    prop_assert_eq!(postcard::to_stdvec(&revocation).unwrap(), body.clone());
+                }
+                Err(Rejection::BadSignature { .. }) => {
+                    prop_assert!(!signed, "the CA's own signature was refused");
+                }
+                Err(Rejection::Malformed { .. }) => {
+                    let fits = bytes.len() <= Domain::Revocation.max_len();
+                    prop_assert!(signed || !fits, "a random signature must stop at the signature");
+                }
+                Err(other) => prop_assert!(false, "{:?}", other),
+            }
+            crate::fuzzing::revocation_body(&body);
         }
 
         #[test]

@@ -12,6 +12,7 @@ use crate::codec::{
     FRAME_HEADER_LEN, FRAME_VERSION, WireMessage, decode_exact, decode_frame, encode_frame,
 };
 use crate::error::Error;
+use crate::hostile::{ALLOC_SLACK, mutated};
 use crate::test_alloc::largest_allocation;
 
 /// A strategy for vectors no longer than a field's cap.
@@ -305,11 +306,94 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-        let _ = decode_exact::<ControlMessage>(&bytes);
-        let _ = decode_exact::<SessionMessage>(&bytes);
-        let _ = decode_exact::<RelayMessage>(&bytes);
-        let _ = decode_exact::<AgentMessage>(&bytes);
-        let _ = decode_frame::<SessionMessage>(&bytes);
+    fn hostile_control_payloads_never_panic_or_overallocate(
+        (code, payload) in hostile_payload::<ControlMessage>()
+    ) {
+        decodes_safely::<ControlMessage>(code, &payload)?;
     }
+
+    #[test]
+    fn hostile_session_payloads_never_panic_or_overallocate(
+        (code, payload) in hostile_payload::<SessionMessage>()
+    ) {
+        decodes_safely::<SessionMessage>(code, &payload)?;
+    }
+
+    #[test]
+    fn hostile_relay_payloads_never_panic_or_overallocate(
+        (code, payload) in hostile_payload::<RelayMessage>()
+    ) {
+        decodes_safely::<RelayMessage>(code, &payload)?;
+    }
+
+    #[test]
+    fn hostile_agent_payloads_never_panic_or_overallocate(
+        (code, payload) in hostile_payload::<AgentMessage>()
+    ) {
+        decodes_safely::<AgentMessage>(code, &payload)?;
+    }
+}
+
+/// A type code of `M` and a payload for it: random bytes under a random known code, or a
+/// message's own payload, mutated, under its own code (so the decoder gets far).
+fn hostile_payload<M: WireMessage + Arbitrary + Debug>() -> impl Strategy<Value = (u16, Vec<u8>)> {
+    let random = (
+        any::<proptest::sample::Index>(),
+        proptest::collection::vec(any::<u8>(), 0..600),
+    )
+        .prop_map(|(code, payload)| (M::TYPE_CODES[code.index(M::TYPE_CODES.len())], payload));
+    let mutated_message = any::<M>().prop_flat_map(|message| {
+        let mut payload = Vec::new();
+        let encoded = message.encode_payload(&mut payload).is_ok();
+        let payload = if encoded { payload } else { Vec::new() };
+        (Just(message.type_code()), mutated(Just(payload)))
+    });
+    prop_oneof![random, mutated_message]
+}
+
+/// Decodes `payload` behind a valid header (version, `code`, its true length), alone and at
+/// the head of a stream: no panic, no allocation beyond the frame's own size, the same verdict
+/// both ways, and whatever decodes encodes again to a frame that decodes to the same message.
+fn decodes_safely<M: WireMessage + PartialEq + Debug>(
+    code: u16,
+    payload: &[u8],
+) -> Result<(), TestCaseError> {
+    let mut frame = header(code, payload.len() as u32);
+    frame.extend_from_slice(payload);
+    let (decoded, largest) = largest_allocation(|| decode_exact::<M>(&frame));
+    prop_assert!(
+        largest <= ALLOC_SLACK + frame.len(),
+        "code {}: allocated {} bytes for a {}-byte frame",
+        code,
+        largest,
+        frame.len()
+    );
+    let mut stream = frame.clone();
+    stream.extend_from_slice(&[0xff; 9]);
+    match (&decoded, decode_frame::<M>(&stream)) {
+        (Ok(message), Ok(Some((again, used)))) => {
+            prop_assert_eq!(&again, message);
+            prop_assert_eq!(used, frame.len());
+        }
+        (Err(_), Err(_)) => {}
+        (exact, streamed) => {
+            prop_assert!(
+                false,
+                "decode_exact {:?} but decode_frame {:?}",
+                exact,
+                streamed
+            );
+        }
+    }
+    if let Ok(message) = decoded {
+        let again = encode_frame(&message);
+        prop_assert!(
+            again.is_ok(),
+            "a decoded message does not encode: {:?}",
+            again
+        );
+        let again = again.unwrap_or_default();
+        prop_assert_eq!(decode_exact::<M>(&again).ok(), Some(message));
+    }
+    Ok(())
 }
