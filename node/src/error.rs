@@ -19,6 +19,33 @@ pub enum Error {
         /// Its permission bits.
         mode: u32,
     },
+    /// A key file is not a plain file (a symbolic link, FIFO, device or directory): reading it
+    /// could follow an attacker's link or block forever, so it is not used.
+    #[error(
+        "{} is {kind}, not a regular file: a secret key must be a plain file; replace it with the key file itself",
+        path.display()
+    )]
+    KeyFileNotRegular {
+        /// The key file.
+        path: PathBuf,
+        /// What it is instead ("a symbolic link", "a FIFO", ...).
+        kind: &'static str,
+    },
+    /// A key file belongs to another user than the one running mesh, who could read or replace
+    /// it; like OpenSSH, we refuse to use it.
+    #[error(
+        "{} is owned by uid {owner}, but mesh runs as uid {euid}: a secret key must belong to the user who uses it; run `chown {euid} {}` or run mesh as its owner",
+        path.display(),
+        path.display()
+    )]
+    KeyFileWrongOwner {
+        /// The key file.
+        path: PathBuf,
+        /// The uid that owns it.
+        owner: u32,
+        /// The effective uid reading it.
+        euid: u32,
+    },
     /// A key file is missing.
     #[error("no key at {}: {hint}", path.display())]
     KeyFileMissing {

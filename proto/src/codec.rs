@@ -9,8 +9,10 @@
 //! sets can grow: a peer that meets a type it does not know gets
 //! [`Error::UnknownMessageType`] and, since the length is known, can skip the frame) and its
 //! payload cap. The length is checked against that cap *before* anything is allocated, and
-//! sequences inside payloads are capped by [`bounded_vec`] before they are allocated, so a
-//! frame can never make a decoder allocate much more than the frame's own size.
+//! sequences and byte strings inside payloads are capped by [`bounded_vec`] and
+//! [`bounded_bytes`] before they are allocated, so a frame can never make a decoder allocate
+//! much more than the frame's own size. The same caps refuse to encode what a peer would refuse
+//! to decode.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -36,8 +38,9 @@ pub trait WireMessage: Sized {
 
     /// This message's type code.
     fn type_code(&self) -> u16;
-    /// Appends the payload's encoding to `out`.
-    fn encode_payload(&self, out: Vec<u8>) -> Result<Vec<u8>, postcard::Error>;
+    /// Appends the payload's encoding to `out`. On error `out` may hold part of it;
+    /// [`encode_frame_into`] removes that.
+    fn encode_payload(&self, out: &mut Vec<u8>) -> Result<(), postcard::Error>;
     /// Decodes the payload of a frame of type `code`.
     fn decode_payload(code: u16, payload: &[u8]) -> Result<Self, Error>;
 }
@@ -80,20 +83,30 @@ impl FrameHeader {
     }
 }
 
-/// Appends `message` as one frame to `out`.
+/// Appends `message` as one frame to `out`. On error, `out` is left as it was: a caller
+/// batching frames into one buffer keeps the frames already in it.
 pub fn encode_frame_into<M: WireMessage>(message: &M, out: &mut Vec<u8>) -> Result<(), Error> {
+    let start = out.len();
+    let result = append_frame(message, out, start);
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+/// [`encode_frame_into`]'s work, which may leave a partial frame behind on error.
+fn append_frame<M: WireMessage>(message: &M, out: &mut Vec<u8>, start: usize) -> Result<(), Error> {
     let encode_error = |reason: String| Error::Encode {
         what: M::PROTOCOL,
         reason,
     };
-    let start = out.len();
     out.push(FRAME_VERSION);
     out.extend_from_slice(&message.type_code().to_be_bytes());
     out.extend_from_slice(&[0; 4]);
-    let mut buf = message
-        .encode_payload(std::mem::take(out))
+    message
+        .encode_payload(out)
         .map_err(|e| encode_error(e.to_string()))?;
-    let len = buf.len() - start - FRAME_HEADER_LEN;
+    let len = out.len() - start - FRAME_HEADER_LEN;
     let len = u32::try_from(len)
         .ok()
         .filter(|len| *len <= M::MAX_PAYLOAD)
@@ -102,19 +115,9 @@ pub fn encode_frame_into<M: WireMessage>(message: &M, out: &mut Vec<u8>) -> Resu
                 "payload of {len} bytes exceeds the {}-byte limit",
                 M::MAX_PAYLOAD
             ))
-        });
-    match len {
-        Ok(len) => {
-            buf[start + 3..start + FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
-            *out = buf;
-            Ok(())
-        }
-        Err(e) => {
-            buf.truncate(start);
-            *out = buf;
-            Err(e)
-        }
-    }
+        })?;
+    out[start + 3..start + FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    Ok(())
 }
 
 /// `message` as one frame.
@@ -217,6 +220,80 @@ where
     deserializer.deserialize_seq(Bounded::<T, MAX>(PhantomData))
 }
 
+/// Byte strings of at most `MAX` bytes, both ways: encoding a longer one fails, and decoding
+/// refuses a longer one before copying it. Use with
+/// `#[serde(serialize_with = "bounded_bytes::serialize::<_, MAX>",
+/// deserialize_with = "bounded_bytes::deserialize::<_, MAX>")]`; the encoding is
+/// `serde_bytes`'s (a length and the bytes).
+pub mod bounded_bytes {
+    use std::fmt;
+
+    use serde::de::{SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    /// Serializes `bytes` as a byte string, refusing more than `MAX` bytes.
+    pub fn serialize<S: Serializer, const MAX: usize>(
+        bytes: &[u8],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        if bytes.len() > MAX {
+            return Err(serde::ser::Error::custom(format!(
+                "{} bytes where at most {MAX} are allowed",
+                bytes.len()
+            )));
+        }
+        serializer.serialize_bytes(bytes)
+    }
+
+    /// Deserializes a byte string of at most `MAX` bytes.
+    pub fn deserialize<'de, D: Deserializer<'de>, const MAX: usize>(
+        deserializer: D,
+    ) -> Result<Vec<u8>, D::Error> {
+        struct Bounded<const MAX: usize>;
+
+        impl<const MAX: usize> Bounded<MAX> {
+            fn check<E: serde::de::Error>(&self, len: usize) -> Result<(), E> {
+                if len > MAX {
+                    return Err(E::invalid_length(len, self));
+                }
+                Ok(())
+            }
+        }
+
+        impl<'de, const MAX: usize> Visitor<'de> for Bounded<MAX> {
+            type Value = Vec<u8>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a byte string of at most {MAX} bytes")
+            }
+
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                self.check(v.len())?;
+                Ok(v.to_vec())
+            }
+
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                self.check(v.len())?;
+                Ok(v)
+            }
+
+            // Self-describing formats may carry bytes as a sequence of numbers.
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let announced = seq.size_hint().unwrap_or(0);
+                self.check(announced)?;
+                let mut out = Vec::with_capacity(announced);
+                while let Some(byte) = seq.next_element()? {
+                    self.check(out.len() + 1)?;
+                    out.push(byte);
+                }
+                Ok(out)
+            }
+        }
+
+        deserializer.deserialize_byte_buf(Bounded::<MAX>)
+    }
+}
+
 /// Declares a protocol's message set: an enum whose variants each wrap one message struct, with
 /// a fixed type code per variant and a payload cap, implementing [`WireMessage`].
 #[macro_export]
@@ -245,9 +322,9 @@ macro_rules! wire_messages {
                 }
             }
 
-            fn encode_payload(&self, out: Vec<u8>) -> Result<Vec<u8>, postcard::Error> {
+            fn encode_payload(&self, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
                 match self {
-                    $( Self::$variant(m) => postcard::to_extend(m, out), )+
+                    $( Self::$variant(m) => postcard::to_io(m, out).map(|_| ()), )+
                 }
             }
 

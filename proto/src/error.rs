@@ -161,4 +161,14 @@ pub enum Rejection {
         /// What was revoked (the grant, the device or the user).
         what: String,
     },
+    // Appended last: variants are numbered on the wire, so existing numbers must not move.
+    /// The host checked a grant for a request that needs no permission it knows: a bug in the
+    /// host, refused so that it cannot let anything through.
+    #[error(
+        "refused by a bug in this host: {reason}; nothing was started (report it to the host's admin)"
+    )]
+    InvalidRequest {
+        /// What is wrong with the request.
+        reason: String,
+    },
 }

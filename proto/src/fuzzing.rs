@@ -1,4 +1,5 @@
-//! Entry points for the fuzz targets in `fuzz/`, compiled only under `cfg(fuzzing)`.
+//! Entry points for the fuzz targets in `fuzz/`, compiled only under `cfg(fuzzing)` (and for
+//! this crate's own tests, which run them on hostile bodies too).
 //!
 //! Random bytes never carry a valid signature, so fuzzing only the public verifiers would stop
 //! at the signature check; these hooks also run the body decoders and shape checks behind it.

@@ -28,6 +28,10 @@ pub const OFFLINE_GRANT_DEFAULT_TTL: Duration = Duration::from_secs(8 * 60 * 60)
 pub const OFFLINE_GRANT_MAX_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// Default longest run of a session started under a grant.
 pub const DEFAULT_MAX_SESSION: Duration = Duration::from_secs(12 * 60 * 60);
+/// Longest run a grant may allow a session: the offline grant bound. Nothing a grant confers
+/// outlasts what a host cut off from revocations may be made to accept, and a host can add it to
+/// its monotonic clock without overflow. Hosts cap it further with their own limit.
+pub const MAX_SESSION_LIMIT: Duration = OFFLINE_GRANT_MAX_TTL;
 /// Longest Unix login name a grant may carry (Linux `useradd` allows 32).
 pub const MAX_LOGIN_LEN: usize = 32;
 /// Longest user name a grant may carry.
@@ -67,6 +71,9 @@ impl Permissions {
     /// Forward ports (a later issue).
     pub const FORWARD: Self = Self(1 << 3);
 
+    /// Every flag this build knows.
+    const KNOWN: Self = Self(Self::SHELL.0 | Self::EXEC.0 | Self::COPY.0 | Self::FORWARD.0);
+
     const NAMES: [(Self, &'static str); 4] = [
         (Self::SHELL, "shell"),
         (Self::EXEC, "exec"),
@@ -87,6 +94,16 @@ impl Permissions {
     /// The raw flags.
     pub const fn bits(self) -> u32 {
         self.0
+    }
+
+    /// Only the flags this build knows (a newer coordinator's flags allow nothing here).
+    pub const fn known(self) -> Self {
+        Self(self.0 & Self::KNOWN.0)
+    }
+
+    /// Whether no flag is set.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
     }
 
     /// Parses one permission name (`shell`, `exec`, `copy`, `forward`).
@@ -129,6 +146,23 @@ pub enum GrantKind {
     Offline,
 }
 
+impl GrantKind {
+    /// The longest lifetime (`not_after - not_before`) a grant of this kind may have.
+    pub const fn max_ttl(self) -> Duration {
+        match self {
+            Self::Online => ONLINE_GRANT_MAX_TTL,
+            Self::Offline => OFFLINE_GRANT_MAX_TTL,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Online => "online",
+            Self::Offline => "offline",
+        }
+    }
+}
+
 /// The content of a grant, as the CA signs it.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -153,9 +187,12 @@ pub struct Grant {
     pub kind: GrantKind,
     /// Start of validity.
     pub not_before: UnixTime,
-    /// End of validity: no session starts after this.
+    /// End of validity: no session starts after this. At most [`GrantKind::max_ttl`] after
+    /// `not_before`.
     pub not_after: UnixTime,
-    /// Longest a session started under this grant may run, in seconds.
+    /// Longest a session started under this grant may run, in seconds: 1 to
+    /// [`MAX_SESSION_LIMIT`]. It may exceed the grant's own lifetime, which bounds only when
+    /// sessions start.
     pub max_session_secs: u64,
 }
 
@@ -165,7 +202,12 @@ impl Grant {
         Duration::from_secs(self.max_session_secs)
     }
 
-    /// Checks what a signature alone cannot: sizes and an ordered validity window.
+    /// Checks what a signature alone cannot: sizes, a validity window no longer than the
+    /// grant's kind allows, a sane session limit and at least one permission this build knows.
+    ///
+    /// The lifetime cap is what bounds how long a host cut off from the coordinator can be made
+    /// to accept a revoked grant, and what lets a [`RevocationSet`] forget old revocations; so
+    /// it is enforced here, on every grant, not trusted to the coordinator.
     pub(crate) fn check_shape(&self) -> Result<(), String> {
         if self.login.is_empty() || self.login.len() > MAX_LOGIN_LEN {
             return Err(format!("login must be 1 to {MAX_LOGIN_LEN} bytes"));
@@ -173,8 +215,31 @@ impl Grant {
         if self.user_name.len() > MAX_USER_NAME_LEN {
             return Err(format!("user name longer than {MAX_USER_NAME_LEN} bytes"));
         }
-        if self.not_after < self.not_before {
+        let Some(lifetime) = self.not_after.duration_since(self.not_before) else {
             return Err("validity window ends before it starts".into());
+        };
+        let max_ttl = self.kind.max_ttl();
+        if lifetime > max_ttl {
+            return Err(format!(
+                "{} grant valid for {}, longer than the {} an {} grant may last",
+                self.kind.name(),
+                humantime::format_duration(lifetime),
+                humantime::format_duration(max_ttl),
+                self.kind.name(),
+            ));
+        }
+        if self.max_session_secs == 0 || self.max_session() > MAX_SESSION_LIMIT {
+            return Err(format!(
+                "maximum session of {} s is outside 1 s to {}",
+                self.max_session_secs,
+                humantime::format_duration(MAX_SESSION_LIMIT)
+            ));
+        }
+        if self.permissions.known().is_empty() {
+            return Err(format!(
+                "allows no permission this host knows (flags {:#x})",
+                self.permissions.bits()
+            ));
         }
         Ok(())
     }
@@ -249,10 +314,12 @@ pub fn open_grant(bytes: &[u8], keys: &CaKeySet) -> Result<VerifiedGrant, Reject
 
 /// Checks a signed grant for `request`, offline.
 ///
-/// In order: envelope and signature (issuer pinned, content unaltered), revocation, host, client,
-/// validity window (with [`CLOCK_SKEW_TOLERANCE`] either side), permission, login. Logins are
-/// compared as uids: `resolve_uid` maps the grant's login name to this host's uid, so two names
-/// for one account match and a name that does not exist here matches nothing.
+/// In order: the request itself (it must need at least one permission this build knows;
+/// anything else is a bug in the caller, refused rather than let through), envelope and
+/// signature (issuer pinned, content unaltered), shape, revocation, host, client, validity
+/// window (with [`CLOCK_SKEW_TOLERANCE`] either side), permission, login. Logins are compared as
+/// uids: `resolve_uid` maps the grant's login name to this host's uid, so two names for one
+/// account match and a name that does not exist here matches nothing.
 pub fn verify_grant(
     bytes: &[u8],
     keys: &CaKeySet,
@@ -260,6 +327,15 @@ pub fn verify_grant(
     request: &GrantRequest<'_>,
     resolve_uid: &dyn Fn(&str) -> Option<u32>,
 ) -> Result<VerifiedGrant, Rejection> {
+    // Every grant contains the empty set, so a request needing nothing would pass any grant.
+    if request.needs.is_empty() || request.needs.known() != request.needs {
+        return Err(Rejection::InvalidRequest {
+            reason: format!(
+                "the host asked for permission {:#x}, which is none this build knows",
+                request.needs.bits()
+            ),
+        });
+    }
     let verified = open_grant(bytes, keys)?;
     let grant = &verified.grant;
     if let Some(what) = revocations.revokes(grant) {
@@ -330,8 +406,11 @@ fn check_login(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hostile::{ALLOC_SLACK, hostile_body_of};
     use crate::id::SecretKey;
     use crate::revocation::{Revocation, RevocationTarget};
+    use crate::signed::ENVELOPE_VERSION;
+    use crate::test_alloc::largest_allocation;
     use proptest::prelude::*;
 
     const NOW: UnixTime = UnixTime::from_secs(1_800_000_000);
@@ -656,6 +735,95 @@ mod tests {
         assert!(w.ca.sign_grant(&g).is_err());
     }
 
+    /// Signs `g` without the shape check, as a buggy or hostile CA might.
+    fn sign_unchecked(w: &World, g: &Grant) -> Vec<u8> {
+        w.ca.seal(Domain::Grant, g).unwrap()
+    }
+
+    /// `g` is neither signed by a checking CA nor accepted from an unchecking one.
+    fn assert_bad_shape(w: &World, g: &Grant, expected: &str) {
+        let err = w.ca.sign_grant(g).unwrap_err();
+        assert!(err.to_string().contains(expected), "{err}");
+        let err = check(w, &sign_unchecked(w, g), &request(w)).unwrap_err();
+        assert!(
+            matches!(err, Rejection::Malformed { ref reason, .. } if reason.contains(expected)),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn grant_lifetimes_are_capped_by_kind() {
+        let w = world();
+        for (kind, max) in [
+            (GrantKind::Online, ONLINE_GRANT_MAX_TTL),
+            (GrantKind::Offline, OFFLINE_GRANT_MAX_TTL),
+        ] {
+            let mut g = grant(&w);
+            g.kind = kind;
+            g.not_after = g.not_before.saturating_add(max);
+            let bytes = w.ca.sign_grant(&g).unwrap();
+            assert!(
+                check(&w, &bytes, &request(&w)).is_ok(),
+                "{kind:?} at its cap"
+            );
+            g.not_after = g.not_after.saturating_add(Duration::from_millis(1));
+            assert_bad_shape(&w, &g, "longer than");
+        }
+        // The longest span there is, as an online grant.
+        let mut g = grant(&w);
+        g.not_before = UnixTime::EPOCH;
+        g.not_after = UnixTime::from_millis(u64::MAX);
+        assert_bad_shape(&w, &g, "online grant valid for");
+    }
+
+    #[test]
+    fn the_session_limit_a_grant_carries_is_capped() {
+        let w = world();
+        let mut g = grant(&w);
+        g.max_session_secs = MAX_SESSION_LIMIT.as_secs();
+        assert!(check(&w, &w.ca.sign_grant(&g).unwrap(), &request(&w)).is_ok());
+        g.max_session_secs = 1;
+        assert!(check(&w, &w.ca.sign_grant(&g).unwrap(), &request(&w)).is_ok());
+        for bad in [0, MAX_SESSION_LIMIT.as_secs() + 1, u64::MAX] {
+            g.max_session_secs = bad;
+            assert_bad_shape(&w, &g, "maximum session");
+        }
+    }
+
+    #[test]
+    fn a_grant_allowing_nothing_known_is_malformed() {
+        let w = world();
+        let mut g = grant(&w);
+        let unknown = Permissions(1 << 20);
+        for nothing in [Permissions::NONE, unknown] {
+            g.permissions = nothing;
+            assert_bad_shape(&w, &g, "no permission");
+        }
+        // A newer coordinator's flag beside a known one is kept, and allows nothing itself.
+        g.permissions = Permissions::SHELL.union(unknown);
+        let bytes = w.ca.sign_grant(&g).unwrap();
+        assert!(check(&w, &bytes, &request(&w)).is_ok());
+    }
+
+    #[test]
+    fn a_request_that_needs_nothing_known_is_refused_as_a_caller_bug() {
+        let w = world();
+        let unknown = Permissions(1 << 20);
+        let mut g = grant(&w);
+        g.permissions = Permissions::SHELL.union(unknown);
+        let bytes = w.ca.sign_grant(&g).unwrap();
+        for needs in [Permissions::NONE, unknown] {
+            let mut req = request(&w);
+            req.needs = needs;
+            let err = check(&w, &bytes, &req).unwrap_err();
+            assert!(
+                matches!(err, Rejection::InvalidRequest { .. }),
+                "{needs:?}: {err:?}"
+            );
+            assert!(err.to_string().contains("bug in this host"), "{err}");
+        }
+    }
+
     #[test]
     fn permissions_display_and_parse() {
         assert_eq!(
@@ -670,24 +838,93 @@ mod tests {
         assert_eq!(Permissions::from_name("root"), None);
     }
 
+    /// `g` bent into a shape the CA signs: a short ASCII login, no user name, an ordered window
+    /// no longer than its kind allows, a session limit in range and a known permission.
+    fn well_shaped(mut g: Grant) -> Grant {
+        g.login = "a".repeat(g.login.len().clamp(1, MAX_LOGIN_LEN));
+        g.user_name.truncate(0);
+        if g.not_after < g.not_before {
+            std::mem::swap(&mut g.not_after, &mut g.not_before);
+        }
+        g.not_after = g
+            .not_after
+            .min(g.not_before.saturating_add(g.kind.max_ttl()));
+        g.max_session_secs = g.max_session_secs.clamp(1, MAX_SESSION_LIMIT.as_secs());
+        if g.permissions.known().is_empty() {
+            g.permissions = g.permissions.union(Permissions::EXEC);
+        }
+        g
+    }
+
+    /// Grants that pass the shape check, half of them for the test world's host and client
+    /// and valid at [`NOW`], so that verification of their mutations gets far.
+    fn plausible_grants() -> impl Strategy<Value = Grant> {
+        (any::<Grant>(), any::<bool>()).prop_map(|(g, for_this_world)| {
+            let mut g = well_shaped(g);
+            if for_this_world {
+                let w = world();
+                (g.host, g.client, g.login) = (w.host, w.client, "deploy".into());
+                g.not_before = NOW;
+                g.not_after = NOW.saturating_add(ONLINE_GRANT_DEFAULT_TTL);
+            }
+            g
+        })
+    }
+
     proptest! {
         #[test]
-        fn signed_grants_round_trip(mut g: Grant) {
-            g.login = "a".repeat(g.login.len().clamp(1, MAX_LOGIN_LEN));
-            g.user_name.truncate(0);
-            if g.not_after < g.not_before {
-                std::mem::swap(&mut g.not_after, &mut g.not_before);
-            }
+        fn signed_grants_round_trip(g: Grant) {
+            let g = well_shaped(g);
             let w = world();
             let bytes = w.ca.sign_grant(&g).unwrap();
             let opened = open_grant(&bytes, &w.keys).unwrap();
             prop_assert_eq!(opened.grant, g);
         }
 
+        /// Envelopes with a valid header (version, the pinned CA's key id) around hostile
+        /// bodies. Signed by the pinned CA they reach the body decoder and the shape check;
+        /// with a random signature they stop at the signature. Either way nothing panics or
+        /// allocates beyond the input, and only a canonical, well-shaped grant verifies.
         #[test]
-        fn arbitrary_bytes_never_verify(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        fn hostile_grant_bodies_never_panic_or_overallocate(
+            body in hostile_body_of(plausible_grants()),
+            signature in proptest::collection::vec(any::<u8>(), 64),
+            signed: bool,
+        ) {
             let w = world();
-            prop_assert!(check(&w, &bytes, &request(&w)).is_err());
+            let bytes = if signed {
+                w.ca.seal_raw(Domain::Grant, &body)
+            } else {
+                let mut bytes = vec![ENVELOPE_VERSION];
+                bytes.extend_from_slice(w.ca.key_id().as_bytes());
+                bytes.extend_from_slice(&signature);
+                bytes.extend_from_slice(&body);
+                bytes
+            };
+            let (result, largest) = largest_allocation(|| check(&w, &bytes, &request(&w)));
+            prop_assert!(
+                largest <= ALLOC_SLACK + 2 * bytes.len(),
+                "allocated {} bytes for a {}-byte grant", largest, bytes.len()
+            );
+            let fits = bytes.len() <= Domain::Grant.max_len();
+            match result {
+                Ok(verified) => {
+                    prop_assert!(signed);
+                    prop_assert!(verified.grant.check_shape().is_ok());
+                    prop_assert_eq!(postcard::to_stdvec(&verified.grant).unwrap(), body.clone());
+                }
+                Err(Rejection::BadSignature { .. }) => {
+                    prop_assert!(!signed, "the CA's own signature was refused");
+                }
+                Err(Rejection::WrongIssuer { .. }) => {
+                    prop_assert!(false, "the envelope names the pinned key");
+                }
+                Err(other) => {
+                    // A random signature must stop at the signature check, before the body.
+                    prop_assert!(signed || !fits, "{:?}", other);
+                }
+            }
+            crate::fuzzing::grant_body(&body);
         }
     }
 }

@@ -33,9 +33,13 @@ pub mod token;
 
 mod text;
 
-#[cfg(fuzzing)]
+// Also built for tests, so that the hooks' logic runs in `cargo test` and not only under
+// cargo-fuzz.
+#[cfg(any(fuzzing, test))]
 pub mod fuzzing;
 
+#[cfg(test)]
+mod hostile;
 #[cfg(test)]
 mod test_alloc;
 

@@ -139,6 +139,13 @@ impl CaKeySet {
         id
     }
 
+    /// Pins `key` under an id that is not its own, as a key-id collision would: for tests of
+    /// verifiers that must compare whole keys, not ids.
+    #[cfg(test)]
+    pub(crate) fn pin_under(&mut self, id: KeyId, key: NodeId) {
+        self.0.insert(id, key);
+    }
+
     /// Stops trusting the key with id `id`; returns whether it was pinned.
     pub fn retire(&mut self, id: &KeyId) -> bool {
         self.0.remove(id).is_some()
@@ -209,6 +216,19 @@ impl CaSigner {
             .sign(&signed_message(domain, &self.key_id, &out[body_start..]));
         out[1 + KEY_ID_LEN..body_start].copy_from_slice(&signature);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+impl CaSigner {
+    /// Signs `body` as it is, with no encoding or size check: for tests that need hostile
+    /// bodies to get past the signature to the decoder behind it.
+    pub(crate) fn seal_raw(&self, domain: Domain, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![ENVELOPE_VERSION];
+        out.extend_from_slice(self.key_id.as_bytes());
+        out.extend_from_slice(&self.key.sign(&signed_message(domain, &self.key_id, body)));
+        out.extend_from_slice(body);
+        out
     }
 }
 

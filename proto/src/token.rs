@@ -152,7 +152,9 @@ pub fn token_bytes_from_text(token: &str) -> Result<Vec<u8>, Rejection> {
 }
 
 /// Checks a token's signature with the CA key it carries, its shape, and its expiry at `now`.
-/// When `pinned` is given (the coordinator redeeming its own token), the CA key must be in it.
+/// When `pinned` is given (the coordinator redeeming its own token), the CA key the token
+/// carries must be the very key pinned under the token's key id: an 8-byte key id names a key,
+/// it does not prove one, and a forger can search for a key whose id matches.
 pub fn open_token(
     bytes: &[u8],
     pinned: Option<&CaKeySet>,
@@ -175,7 +177,7 @@ pub fn open_token(
         reason,
     })?;
     if let Some(pinned) = pinned
-        && pinned.get(&envelope.key_id).is_none()
+        && pinned.get(&envelope.key_id) != Some(&ca_key)
     {
         return Err(Rejection::WrongIssuer {
             key_id: envelope.key_id,
@@ -202,7 +204,10 @@ pub fn open_token_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hostile::{ALLOC_SLACK, hostile_body_of};
     use crate::id::SecretKey;
+    use crate::signed::ENVELOPE_VERSION;
+    use crate::test_alloc::largest_allocation;
     use proptest::prelude::*;
     use std::time::Duration;
 
@@ -321,6 +326,30 @@ mod tests {
     }
 
     #[test]
+    fn a_pinned_key_id_is_not_enough_the_whole_key_must_match() {
+        // A forger's key whose id collides with the pinned key's: simulated by pinning the
+        // real key under the forger's id, which is what a found collision amounts to.
+        let ca = ca();
+        let forger = CaSigner::new(SecretKey::from_seed(&[8; 32]));
+        let text = forger.sign_token(&token(&forger)).unwrap();
+        let mut pinned = CaKeySet::default();
+        pinned.pin_under(forger.key_id(), ca.public_key());
+        assert_eq!(
+            open_token_text(&text, Some(&pinned), NOW).unwrap_err(),
+            Rejection::WrongIssuer {
+                key_id: forger.key_id()
+            }
+        );
+        // The real key, pinned the ordinary way, still opens its own tokens.
+        let own = ca.sign_token(&token(&ca)).unwrap();
+        let pinned = CaKeySet::single(ca.public_key());
+        assert_eq!(
+            open_token_text(&own, Some(&pinned), NOW).unwrap(),
+            token(&ca)
+        );
+    }
+
+    #[test]
     fn text_errors_say_what_to_do() {
         let err = open_token_text("hello", None, NOW).unwrap_err().to_string();
         assert!(err.contains("copy the whole token"), "{err}");
@@ -338,28 +367,114 @@ mod tests {
         assert_eq!(format!("{s:?}"), "TokenSecret(..)");
     }
 
+    /// `t` bent into a token the test CA signs: its key, 1 to 8 short addresses.
+    fn well_shaped(mut t: EnrollmentToken) -> EnrollmentToken {
+        t.ca_key = ca().public_key();
+        t.coordinator_addrs.truncate(MAX_TOKEN_ADDRS);
+        if t.coordinator_addrs.is_empty() {
+            t.coordinator_addrs.push("x:1".into());
+        }
+        for a in &mut t.coordinator_addrs {
+            *a = a.chars().take(20).collect();
+            if a.is_empty() {
+                a.push('h');
+            }
+        }
+        t
+    }
+
+    /// Well-shaped tokens, half of them unexpired at [`NOW`] and half just expired, so that
+    /// their mutations get as far as the expiry check.
+    fn plausible_tokens() -> impl Strategy<Value = EnrollmentToken> {
+        (any::<EnrollmentToken>(), any::<bool>()).prop_map(|(t, unexpired)| {
+            let mut t = well_shaped(t);
+            let hour = Duration::from_secs(3600);
+            t.not_after = if unexpired {
+                NOW.saturating_add(hour)
+            } else {
+                NOW.saturating_sub(hour)
+            };
+            t
+        })
+    }
+
     proptest! {
         #[test]
-        fn signed_tokens_round_trip(mut t: EnrollmentToken) {
-            let ca = ca();
-            t.ca_key = ca.public_key();
-            t.coordinator_addrs.truncate(MAX_TOKEN_ADDRS);
-            if t.coordinator_addrs.is_empty() {
-                t.coordinator_addrs.push("x:1".into());
-            }
-            for a in &mut t.coordinator_addrs {
-                *a = a.chars().take(20).collect();
-                if a.is_empty() {
-                    a.push('h');
-                }
-            }
-            let text = ca.sign_token(&t).unwrap();
+        fn signed_tokens_round_trip(t: EnrollmentToken) {
+            let t = well_shaped(t);
+            let text = ca().sign_token(&t).unwrap();
             prop_assert_eq!(open_token_text(&text, None, UnixTime::EPOCH).unwrap(), t);
         }
 
+        /// Token texts with the prefix and valid base32, in either case and wrapped as people
+        /// paste them, around envelopes with a valid header. Signed with the key the body
+        /// carries, they reach the body decoder, the shape check and the expiry; with a random
+        /// signature they stop at the signature. Nothing panics or allocates beyond the input,
+        /// and only a canonical, well-shaped token opens.
         #[test]
-        fn arbitrary_text_never_opens(s in ".{0,400}") {
-            prop_assert!(open_token_text(&s, None, NOW).is_err());
+        fn hostile_token_bodies_never_panic_or_overallocate(
+            mut body in hostile_body_of(plausible_tokens()),
+            signature in proptest::collection::vec(any::<u8>(), 64),
+            signed: bool,
+            pinned: bool,
+            upper: bool,
+            wrap in 8usize..120,
+        ) {
+            let ca = ca();
+            let key = ca.public_key();
+            if signed && !body.starts_with(key.as_bytes()) {
+                // open_token checks the signature with the key the body starts with.
+                body.splice(0..0, key.as_bytes().iter().copied());
+            }
+            let bytes = if signed {
+                ca.seal_raw(Domain::Token, &body)
+            } else {
+                let mut bytes = vec![ENVELOPE_VERSION];
+                bytes.extend_from_slice(ca.key_id().as_bytes());
+                bytes.extend_from_slice(&signature);
+                bytes.extend_from_slice(&body);
+                bytes
+            };
+            let mut encoded = text::encode(&bytes);
+            if upper {
+                encoded = encoded.to_ascii_uppercase();
+            }
+            let mut text = String::from(TOKEN_PREFIX);
+            for (i, c) in encoded.chars().enumerate() {
+                if i % wrap == 0 {
+                    text.push_str("\r\n  ");
+                }
+                text.push(c);
+            }
+            let keys = CaKeySet::single(key);
+            let (result, largest) = largest_allocation(|| {
+                open_token_text(&text, pinned.then_some(&keys), NOW)
+            });
+            prop_assert!(
+                largest <= ALLOC_SLACK + 2 * text.len(),
+                "allocated {} bytes for a {}-character token", largest, text.len()
+            );
+            match result {
+                Ok(token) => {
+                    prop_assert!(signed);
+                    prop_assert!(token.check_shape().is_ok());
+                    prop_assert_eq!(postcard::to_stdvec(&token).unwrap(), body.clone());
+                }
+                Err(Rejection::BadSignature { .. }) => {
+                    prop_assert!(!signed, "the CA's own signature was refused");
+                }
+                Err(Rejection::WrongIssuer { .. }) => {
+                    prop_assert!(false, "the token carries the pinned key");
+                }
+                Err(Rejection::Malformed { .. }) => {}
+                Err(other) => {
+                    // Only the expiry lies behind the body decoder.
+                    prop_assert!(signed, "{:?}", other);
+                    let is_expired = matches!(other, Rejection::Expired { .. });
+                    prop_assert!(is_expired, "{:?}", other);
+                }
+            }
+            crate::fuzzing::token_body(&body);
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::bounded_vec;
+use crate::codec::{bounded_bytes, bounded_vec};
 use crate::error::Rejection;
 
 /// Most environment variables a client may pass (only `LANG`/`LC_*` are honoured).
@@ -146,8 +146,11 @@ pub enum Stream {
 pub struct Data {
     /// Which stream.
     pub stream: Stream,
-    /// The bytes, at most [`MAX_DATA_CHUNK`].
-    #[serde(with = "serde_bytes")]
+    /// The bytes, at most [`MAX_DATA_CHUNK`]: a longer chunk is neither encoded nor decoded.
+    #[serde(
+        serialize_with = "bounded_bytes::serialize::<_, MAX_DATA_CHUNK>",
+        deserialize_with = "bounded_bytes::deserialize::<_, MAX_DATA_CHUNK>"
+    )]
     pub bytes: Vec<u8>,
 }
 

@@ -12,6 +12,7 @@ use crate::codec::{
     FRAME_HEADER_LEN, FRAME_VERSION, WireMessage, decode_exact, decode_frame, encode_frame,
 };
 use crate::error::Error;
+use crate::hostile::{ALLOC_SLACK, mutated};
 use crate::test_alloc::largest_allocation;
 
 /// A strategy for vectors no longer than a field's cap.
@@ -197,6 +198,77 @@ fn a_message_over_the_cap_is_not_encoded() {
 }
 
 #[test]
+fn a_failed_encode_keeps_the_frames_already_in_the_buffer() {
+    use super::session::{Data, MAX_DATA_CHUNK, SessionMessage, Stream};
+    let first = SessionMessage::Data(Data {
+        stream: Stream::Stdout,
+        bytes: b"kept".to_vec(),
+    });
+    let mut out = encode_frame(&first).unwrap();
+    let before = out.clone();
+    // The serializer fails part-way through the payload, after the header and the stream.
+    let too_long = SessionMessage::Data(Data {
+        stream: Stream::Stdout,
+        bytes: vec![0; MAX_DATA_CHUNK + 1],
+    });
+    let result = crate::codec::encode_frame_into(&too_long, &mut out);
+    assert!(matches!(result, Err(Error::Encode { .. })), "{result:?}");
+    assert_eq!(out, before, "a failed encode leaves the buffer as it was");
+    assert_eq!(decode_exact::<SessionMessage>(&out).unwrap(), first);
+}
+
+/// A session frame carrying one `Data` message of `len` bytes, built by hand so that its size
+/// does not depend on what the encoder allows.
+fn data_frame(len: usize) -> Vec<u8> {
+    use super::session::Stream;
+    let payload =
+        postcard::to_stdvec(&(Stream::Stdin, serde_bytes::Bytes::new(&vec![7; len]))).unwrap();
+    let mut frame = header(4, payload.len() as u32);
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+#[test]
+fn a_data_chunk_over_its_cap_is_refused_before_copying() {
+    use super::session::{Data, MAX_DATA_CHUNK, SessionMessage, Stream};
+    let frame = data_frame(MAX_DATA_CHUNK);
+    let at_cap = decode_exact::<SessionMessage>(&frame).unwrap();
+    assert_eq!(
+        at_cap,
+        SessionMessage::Data(Data {
+            stream: Stream::Stdin,
+            bytes: vec![7; MAX_DATA_CHUNK],
+        })
+    );
+    assert_eq!(
+        encode_frame(&at_cap).unwrap(),
+        frame,
+        "the same encoding as before"
+    );
+
+    let frame = data_frame(MAX_DATA_CHUNK + 1);
+    assert!(frame.len() - FRAME_HEADER_LEN <= SessionMessage::MAX_PAYLOAD as usize);
+    let (decoded, largest) = largest_allocation(|| decode_exact::<SessionMessage>(&frame));
+    // Matched rather than unwrapped: a wrongly accepted chunk would print 64 KiB of bytes.
+    assert!(
+        matches!(decoded, Err(Error::Malformed { .. })),
+        "a chunk of {} bytes was not refused",
+        MAX_DATA_CHUNK + 1
+    );
+    assert!(
+        largest < 4096,
+        "allocated {largest} bytes for a refused chunk"
+    );
+    assert!(
+        matches!(
+            decode_frame::<SessionMessage>(&frame),
+            Err(Error::Malformed { .. })
+        ),
+        "decode_frame refuses it too"
+    );
+}
+
+#[test]
 fn the_largest_udp_payload_fits_a_relay_frame() {
     use super::relay::{Deliver, RelayMessage};
     use crate::id::SecretKey;
@@ -234,11 +306,94 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-        let _ = decode_exact::<ControlMessage>(&bytes);
-        let _ = decode_exact::<SessionMessage>(&bytes);
-        let _ = decode_exact::<RelayMessage>(&bytes);
-        let _ = decode_exact::<AgentMessage>(&bytes);
-        let _ = decode_frame::<SessionMessage>(&bytes);
+    fn hostile_control_payloads_never_panic_or_overallocate(
+        (code, payload) in hostile_payload::<ControlMessage>()
+    ) {
+        decodes_safely::<ControlMessage>(code, &payload)?;
     }
+
+    #[test]
+    fn hostile_session_payloads_never_panic_or_overallocate(
+        (code, payload) in hostile_payload::<SessionMessage>()
+    ) {
+        decodes_safely::<SessionMessage>(code, &payload)?;
+    }
+
+    #[test]
+    fn hostile_relay_payloads_never_panic_or_overallocate(
+        (code, payload) in hostile_payload::<RelayMessage>()
+    ) {
+        decodes_safely::<RelayMessage>(code, &payload)?;
+    }
+
+    #[test]
+    fn hostile_agent_payloads_never_panic_or_overallocate(
+        (code, payload) in hostile_payload::<AgentMessage>()
+    ) {
+        decodes_safely::<AgentMessage>(code, &payload)?;
+    }
+}
+
+/// A type code of `M` and a payload for it: random bytes under a random known code, or a
+/// message's own payload, mutated, under its own code (so the decoder gets far).
+fn hostile_payload<M: WireMessage + Arbitrary + Debug>() -> impl Strategy<Value = (u16, Vec<u8>)> {
+    let random = (
+        any::<proptest::sample::Index>(),
+        proptest::collection::vec(any::<u8>(), 0..600),
+    )
+        .prop_map(|(code, payload)| (M::TYPE_CODES[code.index(M::TYPE_CODES.len())], payload));
+    let mutated_message = any::<M>().prop_flat_map(|message| {
+        let mut payload = Vec::new();
+        let encoded = message.encode_payload(&mut payload).is_ok();
+        let payload = if encoded { payload } else { Vec::new() };
+        (Just(message.type_code()), mutated(Just(payload)))
+    });
+    prop_oneof![random, mutated_message]
+}
+
+/// Decodes `payload` behind a valid header (version, `code`, its true length), alone and at
+/// the head of a stream: no panic, no allocation beyond the frame's own size, the same verdict
+/// both ways, and whatever decodes encodes again to a frame that decodes to the same message.
+fn decodes_safely<M: WireMessage + PartialEq + Debug>(
+    code: u16,
+    payload: &[u8],
+) -> Result<(), TestCaseError> {
+    let mut frame = header(code, payload.len() as u32);
+    frame.extend_from_slice(payload);
+    let (decoded, largest) = largest_allocation(|| decode_exact::<M>(&frame));
+    prop_assert!(
+        largest <= ALLOC_SLACK + frame.len(),
+        "code {}: allocated {} bytes for a {}-byte frame",
+        code,
+        largest,
+        frame.len()
+    );
+    let mut stream = frame.clone();
+    stream.extend_from_slice(&[0xff; 9]);
+    match (&decoded, decode_frame::<M>(&stream)) {
+        (Ok(message), Ok(Some((again, used)))) => {
+            prop_assert_eq!(&again, message);
+            prop_assert_eq!(used, frame.len());
+        }
+        (Err(_), Err(_)) => {}
+        (exact, streamed) => {
+            prop_assert!(
+                false,
+                "decode_exact {:?} but decode_frame {:?}",
+                exact,
+                streamed
+            );
+        }
+    }
+    if let Ok(message) = decoded {
+        let again = encode_frame(&message);
+        prop_assert!(
+            again.is_ok(),
+            "a decoded message does not encode: {:?}",
+            again
+        );
+        let again = again.unwrap_or_default();
+        prop_assert_eq!(decode_exact::<M>(&again).ok(), Some(message));
+    }
+    Ok(())
 }
