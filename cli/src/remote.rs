@@ -166,7 +166,8 @@ enum Ended {
 }
 
 /// Reads a grant file (one grant per line, one per device of the user) and returns the grant
-/// for this device's key `me`, with the host key it names.
+/// for this device's key `me`, with the host key it names. With no grant for this device the
+/// first is presented anyway: the host is the one that decides, and its refusal says why.
 fn read_grant(
     path: &PathBuf,
     me: mesh_proto::NodeId,
@@ -174,19 +175,16 @@ fn read_grant(
     let bad = |e: String| Failure::Session(format!("{}: {e}", path.display()));
     let text = std::fs::read_to_string(path)
         .map_err(|e| Failure::Session(format!("cannot read grant file {}: {e}", path.display())))?;
-    let mut others = 0;
+    let mut first = None;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let grant = grant_from_text(line).map_err(|e| bad(e.to_string()))?;
         let content = grant_unverified(&grant).map_err(|e| bad(e.to_string()))?;
         if content.client == me {
             return Ok((grant, content.host));
         }
-        others += 1;
+        first.get_or_insert((grant, content.host));
     }
-    Err(bad(format!(
-        "none of its {others} grant(s) is for this device (key {}); ask for one minted for it",
-        me.short()
-    )))
+    first.ok_or_else(|| bad("holds no grant".into()))
 }
 
 fn local_user_name() -> Result<String, Failure> {

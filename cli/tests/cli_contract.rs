@@ -70,30 +70,7 @@ fn version_prints_and_succeeds() {
 #[test]
 fn unbuilt_commands_exit_2_with_one_line_and_no_output() {
     let unbuilt: &[&[&str]] = &[
-        &["demo"],
-        &["coordinator", "init"],
-        &["coordinator", "serve"],
-        &[
-            "coordinator",
-            "grant",
-            "--user",
-            "u",
-            "--host",
-            "h",
-            "--login",
-            "l",
-            "--ttl",
-            "1h",
-        ],
-        &["node", "join", "-"],
-        &["login", "-"],
-        &["hosts"],
         &["path", "edge-01"],
-        &["invite", "host", "--name", "edge-01"],
-        &["invite", "list"],
-        &["host", "set", "edge-01", "remote-shell=off"],
-        &["user", "list"],
-        &["role", "list"],
         &["netsim", "matrix"],
         &["revoke", "user", "alice"],
         &["audit"],
@@ -168,12 +145,25 @@ fn usage_errors_exit_255_for_ssh_like_commands_and_2_otherwise() {
 
 #[test]
 fn home_is_a_global_flag_with_an_environment_fallback() {
-    // --home after the subcommand is still the global flag (the command then reports that it
-    // is not built, rather than clap refusing an unknown argument).
-    let out = run_mesh(&["hosts", "--home", "/tmp/x"]);
-    assert_eq!(out.status.code(), Some(2));
+    // --home after the subcommand is still the global flag: the command runs against that
+    // home (which is not enrolled) rather than clap refusing an unknown argument.
+    let home = tempfile::tempdir().expect("temp home");
+    let home_arg = home.path().to_str().expect("utf-8 path");
+    let out = run_mesh(&["hosts", "--home", home_arg]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
     assert!(
-        text(&out.stderr).contains("not built yet"),
+        stderr.contains("not enrolled") && stderr.contains(home_arg),
+        "{stderr}"
+    );
+    // And from the environment.
+    let out = mesh_tests::mesh()
+        .args(["hosts"])
+        .env("MESH_HOME", home.path())
+        .output()
+        .expect("run mesh");
+    assert!(
+        text(&out.stderr).contains(home_arg),
         "{}",
         text(&out.stderr)
     );

@@ -185,6 +185,9 @@ pub fn decode_payload<T: DeserializeOwned>(
     Ok(value)
 }
 
+/// Most bytes [`bounded_vec`] reserves on the strength of an announced length alone.
+const PREALLOC_BYTES: usize = 1024;
+
 /// Deserializes a sequence of at most `MAX` elements, refusing a longer announced length before
 /// allocating anything. Use with `#[serde(deserialize_with = "bounded_vec::<_, _, MAX>")]`.
 pub fn bounded_vec<'de, D, T, const MAX: usize>(deserializer: D) -> Result<Vec<T>, D::Error>
@@ -206,7 +209,10 @@ where
             if announced > MAX {
                 return Err(serde::de::Error::invalid_length(announced, &self));
             }
-            let mut out = Vec::with_capacity(announced);
+            // The announced length is the sender's claim: reserve for at most a small number of
+            // bytes' worth of elements, and let real elements grow the vector.
+            let budget = PREALLOC_BYTES / size_of::<T>().max(1);
+            let mut out = Vec::with_capacity(announced.min(budget));
             while let Some(item) = seq.next_element()? {
                 if out.len() == MAX {
                     return Err(serde::de::Error::invalid_length(MAX + 1, &self));
