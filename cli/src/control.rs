@@ -171,6 +171,13 @@ pub(crate) fn enroll_home(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Sends one request to the coordinator from this device's home and returns the reply.
+fn ask(home: &Path, message: ControlMessage) -> Result<ControlMessage, Failure> {
+    with_coordinator(home, async |link| {
+        request(&link.conn, &message).await.map_err(failed)
+    })
+}
+
 /// Runs `f` with a connection to the coordinator from this device's home.
 fn with_coordinator<T>(
     home: &Path,
@@ -195,14 +202,7 @@ pub(crate) fn invite(home: &Path, target: InviteTarget) -> Result<ExitCode, Fail
             format!("user {name} ({role}): on their device run `mesh login -`")
         }
     };
-    let reply = with_coordinator(home, async |link| {
-        request(
-            &link.conn,
-            &ControlMessage::InviteCreate(InviteCreate { target }),
-        )
-        .await
-        .map_err(failed)
-    })?;
+    let reply = ask(home, ControlMessage::InviteCreate(InviteCreate { target }))?;
     let ControlMessage::Invited(invited) = reply else {
         return Err(failed(format!("unexpected reply {reply:?}")));
     };
@@ -231,14 +231,7 @@ pub(crate) fn labels(args: &[String]) -> Result<Vec<Label>, Failure> {
 
 /// `mesh invite list [--json]`.
 pub(crate) fn invite_list(home: &Path, json_out: bool) -> Result<ExitCode, Failure> {
-    let reply = with_coordinator(home, async |link| {
-        request(
-            &link.conn,
-            &ControlMessage::InviteListRequest(InviteListRequest),
-        )
-        .await
-        .map_err(failed)
-    })?;
+    let reply = ask(home, ControlMessage::InviteListRequest(InviteListRequest))?;
     let ControlMessage::InviteList(list) = reply else {
         return Err(failed(format!("unexpected reply {reply:?}")));
     };
@@ -295,9 +288,7 @@ pub(crate) fn invite_revoke(home: &Path, id: String) -> Result<ExitCode, Failure
 
 /// Sends a request whose answer is `Done`, and prints its message.
 fn done(home: &Path, message: ControlMessage) -> Result<ExitCode, Failure> {
-    let reply = with_coordinator(home, async |link| {
-        request(&link.conn, &message).await.map_err(failed)
-    })?;
+    let reply = ask(home, message)?;
     match reply {
         ControlMessage::Done(done) => {
             println!("{}", done.message);
@@ -346,11 +337,7 @@ pub(crate) fn host_set(
 
 /// `mesh hosts [--json]`.
 pub(crate) fn hosts(home: &Path, json_out: bool) -> Result<ExitCode, Failure> {
-    let reply = with_coordinator(home, async |link| {
-        request(&link.conn, &ControlMessage::HostsRequest(HostsRequest))
-            .await
-            .map_err(failed)
-    })?;
+    let reply = ask(home, ControlMessage::HostsRequest(HostsRequest))?;
     let ControlMessage::Hosts(list) = reply else {
         return Err(failed(format!("unexpected reply {reply:?}")));
     };
@@ -405,14 +392,7 @@ pub(crate) fn hosts(home: &Path, json_out: bool) -> Result<ExitCode, Failure> {
 
 /// `mesh user list [--json]`.
 pub(crate) fn user_list(home: &Path, json_out: bool) -> Result<ExitCode, Failure> {
-    let reply = with_coordinator(home, async |link| {
-        request(
-            &link.conn,
-            &ControlMessage::UserListRequest(UserListRequest),
-        )
-        .await
-        .map_err(failed)
-    })?;
+    let reply = ask(home, ControlMessage::UserListRequest(UserListRequest))?;
     let ControlMessage::UserList(list) = reply else {
         return Err(failed(format!("unexpected reply {reply:?}")));
     };
@@ -478,14 +458,7 @@ pub(crate) fn role_add(
 
 /// `mesh role list [--json]`.
 pub(crate) fn role_list(home: &Path, json_out: bool) -> Result<ExitCode, Failure> {
-    let reply = with_coordinator(home, async |link| {
-        request(
-            &link.conn,
-            &ControlMessage::RoleListRequest(RoleListRequest),
-        )
-        .await
-        .map_err(failed)
-    })?;
+    let reply = ask(home, ControlMessage::RoleListRequest(RoleListRequest))?;
     let ControlMessage::RoleList(list) = reply else {
         return Err(failed(format!("unexpected reply {reply:?}")));
     };

@@ -91,20 +91,9 @@ impl<S: Store> Coordinator<S> {
 
     /// Serves connections on `endpoint` until `shutdown` completes.
     pub async fn serve(self: Arc<Self>, endpoint: Endpoint, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                incoming = endpoint.accept() => match incoming {
-                    Some(Ok(conn)) => {
-                        tokio::spawn(self.clone().serve_connection(conn));
-                    }
-                    Some(Err(e)) => tracing::debug!("handshake failed: {e}"),
-                    None => break,
-                },
-            }
-        }
+        endpoint
+            .accept_until(shutdown, |conn| self.clone().serve_connection(conn))
+            .await;
         endpoint.close_and_flush(Duration::from_secs(1)).await;
     }
 

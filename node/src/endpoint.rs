@@ -5,6 +5,7 @@
 //! seam, so the same endpoint runs over real UDP, over the path socket, or over the simulator.
 
 use std::fmt;
+use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -184,6 +185,30 @@ impl Endpoint {
             Ok(inner) => Connection::new(inner),
             Err(e) => Err(Error::Connection(e)),
         })
+    }
+
+    /// Accepts connections until `shutdown` completes (or the endpoint closes), spawning
+    /// `serve` for each authenticated one; failed handshakes are logged and skipped.
+    pub async fn accept_until<S, F>(&self, shutdown: impl Future<Output = ()>, serve: S)
+    where
+        S: Fn(Connection) -> F,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return,
+                incoming = self.accept() => match incoming {
+                    Some(Ok(conn)) => {
+                        tracing::debug!(peer = %conn.peer().short(), "connection");
+                        tokio::spawn(serve(conn));
+                    }
+                    Some(Err(e)) => tracing::info!("a connection failed its handshake: {e}"),
+                    None => return,
+                },
+            }
+        }
     }
 
     /// Closes every connection and stops accepting.

@@ -322,9 +322,9 @@ fn an_unreachable_host_fails_with_255_not_a_remote_code() {
     assert!(stderr.contains("cannot reach"), "{stderr}");
 }
 
-#[test]
-fn a_client_killed_with_sigkill_leaves_no_remote_processes() {
-    let s = setup("");
+/// Starts a remote shell with a background job, and returns the client and the pids of the
+/// remote shell and its job.
+fn session_with_a_background_job(s: &Setup) -> (std::process::Child, Vec<i32>) {
     let mut client = exec_command(
         &s.client,
         &s.agent,
@@ -347,22 +347,43 @@ fn a_client_killed_with_sigkill_leaves_no_remote_processes() {
         .map(|p| p.parse().unwrap())
         .collect();
     assert_eq!(pids.len(), 2, "{line:?}");
-    assert!(pids.iter().all(|p| !gone(*p)), "both run before the kill");
-    client.kill().unwrap();
-    client.wait().unwrap();
-    let killed_at = std::time::Instant::now();
+    assert!(pids.iter().all(|p| !gone(*p)), "both run");
+    (client, pids)
+}
+
+/// Waits (bounded) until every pid is gone; returns how long that took.
+fn all_gone_within(pids: &[i32], limit: Duration, what: &str) -> Duration {
+    let start = std::time::Instant::now();
     while !pids.iter().all(|p| gone(*p)) {
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(20),
-            "remote processes {pids:?} survive the client:\n{}",
-            s.agent.log()
-        );
+        assert!(start.elapsed() < limit, "remote processes {pids:?} {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!(
-        "remote processes gone {:?} after SIGKILL",
-        killed_at.elapsed()
+    start.elapsed()
+}
+
+#[test]
+fn a_client_killed_with_sigkill_leaves_no_remote_processes() {
+    let s = setup("");
+    let (mut client, pids) = session_with_a_background_job(&s);
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let took = all_gone_within(&pids, Duration::from_secs(20), "survive the client");
+    eprintln!("remote processes gone {took:?} after SIGKILL");
+}
+
+#[test]
+fn stopping_the_agent_hangs_up_its_sessions() {
+    let s = setup("");
+    let (mut client, pids) = session_with_a_background_job(&s);
+    // Dropping the agent sends it SIGTERM and waits for it to exit.
+    drop(s.agent);
+    all_gone_within(&pids, Duration::from_secs(15), "outlive the agent");
+    let status = wait_bounded(
+        &mut client,
+        Duration::from_secs(20),
+        "client of a stopped agent",
     );
+    assert_eq!(status.code(), Some(255));
 }
 
 /// Resident memory of `pid` in KiB, from /proc.
@@ -476,49 +497,6 @@ fn sessions_leave_no_fds_or_session_processes_behind_in_the_agent() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-#[test]
-fn stopping_the_agent_hangs_up_its_sessions() {
-    let s = setup("");
-    let mut client = exec_command(
-        &s.client,
-        &s.agent,
-        &s.grant,
-        &[],
-        &["sleep 300 & echo $$ $!; wait"],
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(client.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let pids: Vec<i32> = line
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect();
-    assert_eq!(pids.len(), 2, "{line:?}");
-    // Dropping the agent sends it SIGTERM and waits for it to exit.
-    drop(s.agent);
-    let stopped_at = std::time::Instant::now();
-    while !pids.iter().all(|p| gone(*p)) {
-        assert!(
-            stopped_at.elapsed() < Duration::from_secs(15),
-            "remote processes {pids:?} outlive the agent"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let status = wait_bounded(
-        &mut client,
-        Duration::from_secs(20),
-        "client of a stopped agent",
-    );
-    assert_eq!(status.code(), Some(255));
 }
 
 #[test]

@@ -108,21 +108,9 @@ pub async fn run(
             state.clone(),
         ))
     });
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            incoming = endpoint.accept() => match incoming {
-                Some(Ok(conn)) => {
-                    tracing::debug!(client = %conn.peer().short(), "connection");
-                    tokio::spawn(sessions.clone().serve_connection(conn));
-                }
-                Some(Err(e)) => tracing::info!("a connection failed its handshake: {e}"),
-                None => break,
-            },
-        }
-    }
+    endpoint
+        .accept_until(shutdown, |conn| sessions.clone().serve_connection(conn))
+        .await;
     tracing::info!("mesh agent stopping; open sessions are hung up");
     if let Some(presence) = presence {
         presence.abort();
