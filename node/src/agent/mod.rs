@@ -2,7 +2,9 @@
 //! every grant against the CA keys it trusts, under the limits of its `config.toml`.
 //!
 //! - [`config`]: the agent's `config.toml`.
-//! - [`presence`]: the host's long-lived control stream to the coordinator (settings, clock).
+//! - [`presence`]: the host's long-lived control stream to the coordinator (settings, clock,
+//!   revocations).
+//! - [`revocations`]: what the host was told is revoked, kept across restarts.
 //!
 //! The agent keeps no PTY and no shell in its own process: each session is a per-session
 //! process ([`ProcessBackend`]), so a crash or restart of the agent hangs sessions up cleanly
@@ -10,12 +12,12 @@
 
 pub mod config;
 pub mod presence;
+pub mod revocations;
 
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-use mesh_proto::RevocationSet;
 use mesh_proto::messages::SESSION_ALPN;
 use nix::unistd::Uid;
 
@@ -29,6 +31,7 @@ use crate::session::limits::SessionCounter;
 use crate::udp::UdpSocket;
 use config::AgentConfig;
 use presence::{HostState, run_presence};
+use revocations::Revocations;
 
 /// The secret key file in a home directory (one identity per home).
 pub const KEY_FILE: &str = "key";
@@ -73,6 +76,7 @@ pub async fn run(
     })?;
     let endpoint = Endpoint::new(key.clone(), Arc::new(socket), &[SESSION_ALPN])?;
     let state = HostState::new(clock);
+    let revocations = Revocations::load(home, ca_keys.clone())?;
     let policy = HostPolicy {
         logins: login_policy(config.allowed_logins.clone()),
         default_shell: config
@@ -82,11 +86,12 @@ pub async fn run(
             .map(str::to_owned),
         counter: SessionCounter::new(config.limits),
         state: state.clone(),
+        revocations: revocations.clone(),
     };
     let gate = Gate {
         host: key.node_id(),
         ca_keys,
-        revocations: RevocationSet::default(),
+        revocations: revocations.shared(),
         clock: state.clone(),
     };
     let sessions = SessionHost::new(gate, policy, ProcessBackend::new(program));
@@ -106,6 +111,7 @@ pub async fn run(
             enrollment,
             local,
             state.clone(),
+            revocations.clone(),
         ))
     });
     endpoint

@@ -11,6 +11,7 @@ use std::time::Duration;
 use mesh_proto::messages::control::{ControlMessage, Hello, Settings, TimeRequest};
 use mesh_proto::{Clock, UnixTime};
 
+use super::revocations::Revocations;
 use crate::control::{Enrollment, connect_coordinator};
 use crate::endpoint::Endpoint;
 use crate::error::Error;
@@ -86,10 +87,11 @@ pub async fn run_presence(
     enrollment: Enrollment,
     listen: SocketAddr,
     state: Arc<HostState>,
+    revocations: Arc<Revocations>,
 ) {
     let mut backoff = FIRST_BACKOFF;
     loop {
-        match connect_once(&endpoint, &enrollment, listen, &state).await {
+        match connect_once(&endpoint, &enrollment, listen, &state, &revocations).await {
             // It was up: start the backoff over.
             Ok(()) => backoff = FIRST_BACKOFF,
             Err(e) => tracing::info!("coordinator unreachable: {e}"),
@@ -107,6 +109,7 @@ async fn connect_once(
     enrollment: &Enrollment,
     listen: SocketAddr,
     state: &HostState,
+    revocations: &Revocations,
 ) -> Result<(), Error> {
     let conn = connect_coordinator(
         endpoint,
@@ -148,6 +151,11 @@ async fn connect_once(
                     state.apply(settings);
                     tracing::info!(?settings, "settings changed by the coordinator");
                 }
+                Some(ControlMessage::Revoke(revoke)) => match revocations.apply(&revoke.revocation) {
+                    Ok(true) => tracing::info!("revocation received; sessions under it end"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("{e}"),
+                },
                 Some(ControlMessage::TimeReply(reply)) => {
                     if let Some((n, sent)) = asked_at {
                         if reply.nonce == n {

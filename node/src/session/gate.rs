@@ -4,7 +4,7 @@
 //! its pinned CA keys and known revocations, the corrected time, and uid resolution. A refusal
 //! goes back to the client as a typed [`Refusal`] and the stream is closed; nothing else runs.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use mesh_proto::grant::{GrantRequest, Permissions, RequestedLogin, VerifiedGrant, verify_grant};
 use mesh_proto::messages::session::{LoginRequest, Open, Refusal, Refused, SessionMessage};
@@ -34,8 +34,8 @@ pub struct Gate {
     pub host: NodeId,
     /// CA keys this host trusts.
     pub ca_keys: CaKeySet,
-    /// Revocations this host has been told of.
-    pub revocations: RevocationSet,
+    /// Revocations this host has been told of (shared with what receives them).
+    pub revocations: Arc<RwLock<RevocationSet>>,
     /// The host's (coordinator-corrected) wall clock.
     pub clock: Arc<dyn Clock>,
 }
@@ -71,10 +71,14 @@ impl Gate {
             needs,
             login: requested,
         };
+        let revocations = self
+            .revocations
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let grant = verify_grant(
             &open.grant,
             &self.ca_keys,
-            &self.revocations,
+            &revocations,
             &request,
             resolve_uid,
         )
@@ -154,7 +158,7 @@ pub(crate) mod tests {
         let gate = Gate {
             host: host_key.node_id(),
             ca_keys: CaKeySet::single(ca.public_key()),
-            revocations: RevocationSet::default(),
+            revocations: Arc::default(),
             clock: Arc::new(ManualClock::new(NOW)),
         };
         Fixture {

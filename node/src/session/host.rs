@@ -143,6 +143,8 @@ pub struct HostPolicy {
     pub counter: Arc<SessionCounter>,
     /// What the coordinator said (remote-shell on or off).
     pub state: Arc<crate::agent::presence::HostState>,
+    /// What was revoked: sessions under a revoked grant, device or user end.
+    pub revocations: Arc<crate::agent::revocations::Revocations>,
 }
 
 /// Serves sessions on authenticated connections.
@@ -230,7 +232,8 @@ impl<B: SessionBackend> SessionHost<B> {
         let grant_max = grant.max_session();
         let deadline = |started, last| session_deadline(&limits, grant_max, started, last);
         let BackendSession { link, ended } = session;
-        let outcome = relay(&mut recv, &mut send, link, deadline).await;
+        let revoked = self.policy.revocations.clone().until_revoked(grant.clone());
+        let outcome = relay(&mut recv, &mut send, link, deadline, revoked).await;
         ended.await;
         drop(slot);
         let _ = send.shutdown().await;
@@ -286,6 +289,8 @@ pub enum RelayEnd {
     ClientGone,
     /// The host ended it at a limit.
     Ended(SessionEnd),
+    /// Its grant, device or user was revoked.
+    Revoked,
 }
 
 /// Relays frames between the client's stream and the session's link until the session's side
@@ -300,6 +305,7 @@ async fn relay<C, S, L>(
     client_send: &mut S,
     link: L,
     deadline: impl Fn(Instant, Instant) -> (Instant, SessionEnd),
+    revoked: impl Future<Output = String>,
 ) -> Result<RelayEnd, Error>
 where
     C: AsyncRead + Unpin,
@@ -356,6 +362,7 @@ where
         let _ = link_write.shutdown().await;
     };
 
+    tokio::pin!(revoked);
     let downstream = async {
         // Set once the session is being hung up: how long it has left to end on its own.
         let mut drain_until: Option<Instant> = None;
@@ -394,6 +401,14 @@ where
                         let _ = write_frame(client_send, &closed).await;
                         hang_up.notify_one();
                     }
+                }
+                reason = &mut revoked, if drain_until.is_none() => {
+                    drain_until = Some(Instant::now() + SESSION_PROCESS_EXIT);
+                    set_end(RelayEnd::Revoked);
+                    let reason = format!("the host ended the session: {reason}");
+                    let closed = SessionMessage::Closed(Closed { reason });
+                    let _ = write_frame(client_send, &closed).await;
+                    hang_up.notify_one();
                 }
                 // The session did not end after a hangup: stop relaying; `ended` kills it.
                 () = tokio::time::sleep_until(give_up), if drain_until.is_some() => break Ok(()),
@@ -469,6 +484,10 @@ mod tests {
             default_shell: None,
             counter: SessionCounter::new(limits),
             state: crate::agent::presence::HostState::new(Arc::new(mesh_proto::SystemClock)),
+            // The gate fixture's CA.
+            revocations: crate::agent::revocations::Revocations::in_memory(
+                mesh_proto::CaKeySet::single(fixture().ca.public_key()),
+            ),
         }
     }
 
@@ -507,6 +526,11 @@ mod tests {
         let bind = || Arc::new(UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap());
         let host = Endpoint::new(host_key.clone(), bind(), &[SESSION_ALPN]).unwrap();
         let host_addr = host.local_addr().unwrap();
+        // The gate reads the same revocations the policy receives, as in the agent.
+        let gate = Gate {
+            revocations: policy.revocations.shared(),
+            ..gate
+        };
         let sessions = SessionHost::new(gate, policy, backend);
         tokio::spawn(async move {
             while let Some(Ok(conn)) = host.accept().await {
@@ -836,6 +860,38 @@ mod tests {
             frames.last(),
             Some(&SessionMessage::Exited(ExitStatus::Code(3)))
         );
+    }
+
+    #[tokio::test]
+    async fn revoking_the_grant_ends_its_running_session_and_refuses_it_again() {
+        let policy = test_policy(Limits::default());
+        let revocations = policy.revocations.clone();
+        let host = start(policy).await;
+        let mut session = host.open("echo $$; exec sleep 300").await;
+        let pid: i32 = session.first_line().await.parse().unwrap();
+        let revocation = mesh_proto::Revocation {
+            id: mesh_proto::RevocationId::from_bytes([4; 16]),
+            target: mesh_proto::RevocationTarget::Grant(host.granted.id),
+            issued_at: mesh_proto::UnixTime::from_secs(1),
+        };
+        let signed = host.ca.sign_revocation(&revocation).unwrap();
+        assert!(revocations.apply(&signed).unwrap());
+        let frames = session.rest().await;
+        let reason = closed_reason(&frames).unwrap_or_default();
+        assert!(reason.contains("revoked"), "{frames:?}");
+        assert_eq!(
+            frames.last(),
+            Some(&SessionMessage::Exited(ExitStatus::Signal(1)))
+        );
+        assert!(gone_within_10s(pid).await);
+        // The gate refuses the same grant from now on.
+        let mut again = host.open("true").await;
+        match again.rest().await.first() {
+            Some(SessionMessage::Refused(Refused {
+                reason: Refusal::Grant(rejection),
+            })) => assert!(rejection.to_string().contains("revoked"), "{rejection}"),
+            other => panic!("expected a revoked grant's refusal, got {other:?}"),
+        }
     }
 
     #[tokio::test]
