@@ -18,13 +18,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use args::{
-    Cli, Command, CoordinatorCommand, HostCommand, InviteCommand, NodeCommand, RoleCommand,
-    UserCommand,
+    Cli, Command, CoordinatorCommand, HostCommand, InviteCommand, NodeCommand, RevokeCommand,
+    RoleCommand, UserCommand,
 };
 use exit::Failure;
 use mesh_node::session::host::SessionProgram;
 use mesh_proto::messages::control::{
-    ControlMessage, InviteTarget, RoleRemove, UserAdd, UserRemove, UserSetRole,
+    ControlMessage, InviteTarget, RevokeRequest, RevokeWhat, RoleRemove, UserAdd, UserRemove,
+    UserSetRole,
 };
 
 fn main() -> ExitCode {
@@ -130,7 +131,22 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             control::admin_change(&home_dir(home)?, remove)
         }
         Command::Netsim(_) => Err(not_built("netsim", 7)),
-        Command::Revoke(_) => Err(not_built("revoke", 6)),
+        Command::Revoke(revoke) => {
+            let what = match revoke {
+                RevokeCommand::Grant { id } => RevokeWhat::Grant(
+                    id.parse()
+                        .map_err(|e| Failure::Usage(format!("{id:?} is not a grant id: {e}")))?,
+                ),
+                RevokeCommand::Device { node_id } => {
+                    RevokeWhat::Device(node_id.parse().map_err(|e| {
+                        Failure::Usage(format!("{node_id:?} is not a node id: {e}"))
+                    })?)
+                }
+                RevokeCommand::User { name } => RevokeWhat::User(name),
+            };
+            let request = ControlMessage::RevokeRequest(RevokeRequest { what });
+            control::admin_change(&home_dir(home)?, request)
+        }
         Command::Audit(_) => Err(not_built("audit", 6)),
         Command::Relay { .. } => Err(not_built("relay", 8)),
         Command::Cp(_) => Err(Failure::NotBuilt {

@@ -15,12 +15,13 @@ use mesh_proto::grant::{OFFLINE_GRANT_DEFAULT_TTL, ONLINE_GRANT_DEFAULT_TTL};
 use mesh_proto::messages::control::{
     ControlMessage, Done, Enroll, Enrolled, Failure, Granted, HostContact, HostEntry, HostSet,
     Hosts, InviteCreate, InviteEntry, InviteList, InviteRevoke, InviteTarget, Invited, Label,
-    RoleList, RoleRemove, RoleSpec, SessionGrantRequest, Settings, TimeReply, UserAdd, UserEntry,
-    UserList, UserRemove, UserSetRole, Welcome,
+    Revoke, RevokeWhat, RoleList, RoleRemove, RoleSpec, SessionGrantRequest, Settings, TimeReply,
+    UserAdd, UserEntry, UserList, UserRemove, UserSetRole, Welcome,
 };
 use mesh_proto::token::{EnrollmentToken, TokenKind, TokenSecret, open_token};
 use mesh_proto::{
-    CaKeySet, CaSigner, Clock, Grant, GrantId, GrantKind, NodeId, Permissions, UnixTime,
+    CaKeySet, CaSigner, Clock, Grant, GrantId, GrantKind, NodeId, Permissions, Revocation,
+    RevocationId, RevocationTarget, UnixTime,
 };
 use tokio::sync::mpsc;
 
@@ -170,17 +171,18 @@ impl<S: Store> Coordinator<S> {
 
     /// Requests a user's device makes: who they are, then what they ask.
     async fn user_request(&self, peer: NodeId, request: ControlMessage) -> Reply {
-        let device = self
-            .store
-            .device(peer)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| {
-                format!(
-                    "key {} is not enrolled as a user's device; run `mesh login TOKEN` first",
+        let Some(device) = self.store.device(peer).await.map_err(store_error)? else {
+            if self.store.device_revoked(peer).await.map_err(store_error)? {
+                return Err(format!(
+                    "this device (key {}) was revoked; ask an admin for a new invite",
                     peer.short()
-                )
-            })?;
+                ));
+            }
+            return Err(format!(
+                "key {} is not enrolled as a user's device; run `mesh login TOKEN` first",
+                peer.short()
+            ));
+        };
         let user = self
             .store
             .user_by_id(device.user_id)
@@ -227,6 +229,10 @@ impl<S: Store> Coordinator<S> {
             | ControlMessage::RoleRemove(_) => {
                 authorize(&user, &role, &Request::Administer).map_err(|d| d.0)?;
                 self.administer(&user, request).await
+            }
+            ControlMessage::RevokeRequest(revoke) => {
+                authorize(&user, &role, &Request::Administer).map_err(|d| d.0)?;
+                self.revoke(&user, revoke.what).await
             }
             ControlMessage::OfflineGrantsRequest(_) => {
                 Err("offline grants are not built yet (issue #5)".into())
@@ -313,6 +319,51 @@ impl<S: Store> Coordinator<S> {
             }
             other => Err(format!("unexpected request {other:?}")),
         }
+    }
+
+    /// Signs and records a revocation, then pushes it to every online host (the others get it
+    /// when they connect).
+    async fn revoke(&self, admin: &User, what: RevokeWhat) -> Reply {
+        let (target, described) = match what {
+            RevokeWhat::Grant(id) => (RevocationTarget::Grant(id), format!("grant {id}")),
+            RevokeWhat::Device(key) => {
+                if self.store.device(key).await.map_err(store_error)?.is_none() {
+                    return Err(format!("no enrolled device with key {key}"));
+                }
+                (
+                    RevocationTarget::Device(key),
+                    format!("device {}", key.short()),
+                )
+            }
+            RevokeWhat::User(name) => {
+                let user = self
+                    .store
+                    .user(&name)
+                    .await
+                    .map_err(store_error)?
+                    .ok_or_else(|| format!("no user {name}"))?;
+                (RevocationTarget::User(user.id), format!("user {name}"))
+            }
+        };
+        let revocation = Revocation {
+            id: RevocationId::random().map_err(|e| e.to_string())?,
+            target,
+            issued_at: self.now(),
+        };
+        let signed = self
+            .ca
+            .sign_revocation(&revocation)
+            .map_err(|e| e.to_string())?;
+        self.store
+            .add_revocation(&revocation, &signed)
+            .await
+            .map_err(store_error)?;
+        let push = ControlMessage::Revoke(Revoke { revocation: signed });
+        let told = self.push_all(&push);
+        tracing::info!(by = %admin.name, %described, hosts_told = told, "revoked");
+        Ok(done(format!(
+            "{described} revoked; {told} online host(s) told now, the others when they connect"
+        )))
     }
 
     async fn host_named(&self, name: &str) -> Result<Host, String> {
@@ -533,8 +584,16 @@ impl<S: Store> Coordinator<S> {
             coordinator_time: self.now(),
             settings: settings_out(host.settings),
         });
+        let revocations = self.store.revocations().await.unwrap_or_else(|e| {
+            tracing::warn!("cannot read revocations for {}: {e}", host.name);
+            Vec::new()
+        });
         let result = async {
             write_frame(&mut send, &welcome).await?;
+            // Everything revoked so far; the host keeps what it has seen and ignores repeats.
+            for revocation in revocations {
+                write_frame(&mut send, &ControlMessage::Revoke(Revoke { revocation })).await?;
+            }
             loop {
                 tokio::select! {
                     biased;
@@ -574,6 +633,14 @@ impl<S: Store> Coordinator<S> {
 
     fn online_keys(&self) -> Vec<NodeId> {
         self.lock_presence().keys().copied().collect()
+    }
+
+    /// Sends `message` on every online host's presence stream; returns how many took it.
+    fn push_all(&self, message: &ControlMessage) -> usize {
+        self.lock_presence()
+            .values()
+            .filter(|p| p.push.try_send(message.clone()).is_ok())
+            .count()
     }
 
     /// Sends `message` on the host's presence stream; false if it is offline.

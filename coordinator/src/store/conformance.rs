@@ -131,11 +131,47 @@ async fn devices_join_users_and_keys_are_never_shared(store: &impl Store) {
         store.user_by_id(alice.id).await.unwrap().unwrap().name,
         "alice"
     );
+    // Revoking a device removes it and is remembered; the signed bytes come back as stored.
+    let revocation = mesh_proto::Revocation {
+        id: mesh_proto::RevocationId::from_bytes([7; 16]),
+        target: mesh_proto::RevocationTarget::Device(key(21)),
+        issued_at: NOW,
+    };
+    store.add_revocation(&revocation, b"signed").await.unwrap();
+    assert_eq!(store.device(key(21)).await.unwrap(), None);
+    assert!(store.device_revoked(key(21)).await.unwrap());
+    assert!(!store.device_revoked(key(20)).await.unwrap());
+    assert_eq!(store.revocations().await.unwrap(), vec![b"signed".to_vec()]);
+    // A user revocation reaches every device of the user; revoked keys cannot enroll again.
+    let user_revocation = mesh_proto::Revocation {
+        id: mesh_proto::RevocationId::from_bytes([8; 16]),
+        target: mesh_proto::RevocationTarget::User(alice.id),
+        issued_at: NOW,
+    };
+    store
+        .add_revocation(&user_revocation, b"signed-2")
+        .await
+        .unwrap();
+    assert!(store.device_revoked(key(20)).await.unwrap());
+    assert!(store.devices_of(alice.id).await.unwrap().is_empty());
+    store
+        .add_invite(&user_invite("u9", 9, "alice", "operator"))
+        .await
+        .unwrap();
+    let err = store
+        .enroll_device([9; 32], key(20), NOW)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already enrolled"), "{err}");
     store.remove_user("alice").await.unwrap();
     assert_eq!(
         store.device(key(20)).await.unwrap(),
         None,
         "devices go with the user"
+    );
+    assert!(
+        !store.device_revoked(key(20)).await.unwrap(),
+        "and so do their tombstones"
     );
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use mesh_proto::{NodeId, UnixTime, UserId};
+use mesh_proto::{NodeId, Revocation, RevocationTarget, UnixTime, UserId};
 
 use super::{Store, StoreError, StoreResult, host_name_taken, key_taken};
 use crate::model::{Device, Host, HostSettings, Invite, InviteFor, Role, User};
@@ -25,6 +25,9 @@ struct State {
     hosts: BTreeMap<String, Host>,
     roles: BTreeMap<String, Role>,
     invites: Vec<Invite>,
+    revocations: Vec<(Revocation, Vec<u8>)>,
+    /// Revoked devices (key → user): their keys cannot enroll again.
+    revoked_devices: BTreeMap<NodeId, UserId>,
 }
 
 impl MemoryStore {
@@ -48,7 +51,9 @@ impl MemoryStore {
 
 impl State {
     fn key_in_use(&self, key: NodeId) -> bool {
-        self.devices.contains_key(&key) || self.hosts.values().any(|h| h.key == key)
+        self.devices.contains_key(&key)
+            || self.revoked_devices.contains_key(&key)
+            || self.hosts.values().any(|h| h.key == key)
     }
 
     fn take_invite(&mut self, secret_hash: [u8; 32], now: UnixTime) -> StoreResult<Invite> {
@@ -129,6 +134,7 @@ impl Store for MemoryStore {
             .remove(name)
             .ok_or_else(|| StoreError::NotFound(format!("no user {name}")))?;
         state.devices.retain(|_, d| d.user_id != user.id);
+        state.revoked_devices.retain(|_, owner| *owner != user.id);
         Ok(())
     }
 
@@ -182,6 +188,41 @@ impl Store for MemoryStore {
             host.addrs = addrs.to_vec();
         }
         Ok(())
+    }
+
+    async fn add_revocation(&self, revocation: &Revocation, signed: &[u8]) -> StoreResult<()> {
+        let mut state = self.lock();
+        let revoked: Vec<(NodeId, UserId)> = state
+            .devices
+            .values()
+            .filter(|d| match revocation.target {
+                RevocationTarget::Device(key) => d.key == key,
+                RevocationTarget::User(user) => d.user_id == user,
+                RevocationTarget::Grant(_) => false,
+            })
+            .map(|d| (d.key, d.user_id))
+            .collect();
+        for (key, user) in revoked {
+            state.devices.remove(&key);
+            state.revoked_devices.insert(key, user);
+        }
+        state
+            .revocations
+            .push((revocation.clone(), signed.to_vec()));
+        Ok(())
+    }
+
+    async fn revocations(&self) -> StoreResult<Vec<Vec<u8>>> {
+        Ok(self
+            .lock()
+            .revocations
+            .iter()
+            .map(|(_, s)| s.clone())
+            .collect())
+    }
+
+    async fn device_revoked(&self, key: NodeId) -> StoreResult<bool> {
+        Ok(self.lock().revoked_devices.contains_key(&key))
     }
 
     async fn put_role(&self, role: &Role) -> StoreResult<()> {

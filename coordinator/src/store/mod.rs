@@ -14,7 +14,7 @@ mod conformance;
 use std::future::Future;
 use std::net::SocketAddr;
 
-use mesh_proto::{NodeId, UnixTime, UserId};
+use mesh_proto::{NodeId, Revocation, UnixTime, UserId};
 
 use crate::model::{Device, Host, HostSettings, Invite, Role, User};
 
@@ -94,6 +94,18 @@ pub trait Store: Send + Sync + 'static {
         when: UnixTime,
         addrs: &[SocketAddr],
     ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Records a signed revocation; for a device or a user, their device keys are removed too,
+    /// so that they get no new grants.
+    fn add_revocation(
+        &self,
+        revocation: &Revocation,
+        signed: &[u8],
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Every signed revocation, oldest first.
+    fn revocations(&self) -> impl Future<Output = StoreResult<Vec<Vec<u8>>>> + Send;
+    /// Whether the device `key` was revoked.
+    fn device_revoked(&self, key: NodeId) -> impl Future<Output = StoreResult<bool>> + Send;
 
     /// Adds or replaces a role.
     fn put_role(&self, role: &Role) -> impl Future<Output = StoreResult<()>> + Send;

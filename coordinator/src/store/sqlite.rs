@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use mesh_proto::{NodeId, UnixTime, UserId};
+use mesh_proto::{NodeId, Revocation, RevocationTarget, UnixTime, UserId};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqlitePool, Transaction};
 
@@ -47,6 +47,14 @@ const MIGRATIONS: &[&str] = &[
          created_by TEXT NOT NULL,
          created_at INTEGER NOT NULL,
          expires_at INTEGER NOT NULL);",
+    // 2: revocations, kept signed so they can be pushed to hosts as issued.
+    "CREATE TABLE revocations (
+         id TEXT PRIMARY KEY,
+         target TEXT NOT NULL,
+         signed BLOB NOT NULL,
+         issued_at INTEGER NOT NULL);
+     CREATE INDEX revocations_by_target ON revocations(target);
+     ALTER TABLE devices ADD COLUMN revoked_at INTEGER;",
 ];
 
 /// The `meta` entry that marks a database as a mesh coordinator's.
@@ -192,6 +200,15 @@ fn db(e: sqlx::Error) -> StoreError {
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .is_some_and(|d| d.is_unique_violation())
+}
+
+/// A revocation's target as an indexable text.
+fn target_key(target: RevocationTarget) -> String {
+    match target {
+        RevocationTarget::Grant(id) => format!("grant:{id}"),
+        RevocationTarget::Device(key) => format!("device:{key}"),
+        RevocationTarget::User(user) => format!("user:{user}"),
+    }
 }
 
 fn millis(t: UnixTime) -> i64 {
@@ -425,7 +442,7 @@ impl Store for SqliteStore {
     }
 
     async fn device(&self, key: NodeId) -> StoreResult<Option<Device>> {
-        let row = sqlx::query("SELECT * FROM devices WHERE key = ?")
+        let row = sqlx::query("SELECT * FROM devices WHERE key = ? AND revoked_at IS NULL")
             .bind(key.to_string())
             .fetch_optional(&self.pool)
             .await
@@ -443,7 +460,7 @@ impl Store for SqliteStore {
     }
 
     async fn devices_of(&self, user: UserId) -> StoreResult<Vec<Device>> {
-        let rows = sqlx::query("SELECT * FROM devices WHERE user_id = ? ORDER BY enrolled_at, key")
+        let rows = sqlx::query("SELECT * FROM devices WHERE user_id = ? AND revoked_at IS NULL ORDER BY enrolled_at, key")
             .bind(i64::try_from(user.0).unwrap_or(-1))
             .fetch_all(&self.pool)
             .await
@@ -522,6 +539,61 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?;
         Ok(())
+    }
+
+    async fn add_revocation(&self, revocation: &Revocation, signed: &[u8]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query("INSERT INTO revocations (id, target, signed, issued_at) VALUES (?, ?, ?, ?)")
+            .bind(revocation.id.to_string())
+            .bind(target_key(revocation.target))
+            .bind(signed)
+            .bind(millis(revocation.issued_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        // Revoked devices stay as tombstones: their keys cannot enroll again, and a refusal can
+        // say "revoked" rather than "unknown".
+        match revocation.target {
+            RevocationTarget::Device(key) => {
+                sqlx::query(
+                    "UPDATE devices SET revoked_at = ? WHERE key = ? AND revoked_at IS NULL",
+                )
+                .bind(millis(revocation.issued_at))
+                .bind(key.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            }
+            RevocationTarget::User(user) => {
+                sqlx::query(
+                    "UPDATE devices SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
+                )
+                .bind(millis(revocation.issued_at))
+                .bind(i64::try_from(user.0).unwrap_or(-1))
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            }
+            RevocationTarget::Grant(_) => {}
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn revocations(&self) -> StoreResult<Vec<Vec<u8>>> {
+        sqlx::query_scalar("SELECT signed FROM revocations ORDER BY issued_at, id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)
+    }
+
+    async fn device_revoked(&self, key: NodeId) -> StoreResult<bool> {
+        let found: Option<String> =
+            sqlx::query_scalar("SELECT key FROM devices WHERE key = ? AND revoked_at IS NOT NULL")
+                .bind(key.to_string())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+        Ok(found.is_some())
     }
 
     async fn put_role(&self, role: &Role) -> StoreResult<()> {

@@ -84,6 +84,8 @@ crate::wire_messages! {
         30 => RolePut(RoleSpec),
         /// Admin → coordinator: remove a role no user holds.
         31 => RoleRemove(RoleRemove),
+        /// Admin → coordinator: revoke a grant, a device or a user.
+        32 => RevokeRequest(RevokeRequest),
     }
 }
 
@@ -518,4 +520,24 @@ pub struct RoleList {
 pub struct RoleRemove {
     /// Name.
     pub name: String,
+}
+
+/// What to revoke.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum RevokeWhat {
+    /// One grant, by id.
+    Grant(crate::grant::GrantId),
+    /// A device key.
+    Device(NodeId),
+    /// Every device and grant of a user, by name.
+    User(String),
+}
+
+/// Revoke something.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct RevokeRequest {
+    /// What.
+    pub what: RevokeWhat,
 }
