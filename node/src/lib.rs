@@ -17,6 +17,7 @@ pub mod endpoint;
 pub mod error;
 pub mod framed;
 pub mod grant_cache;
+pub mod inherited_fds;
 pub mod keyfile;
 pub mod session;
 pub mod tls;

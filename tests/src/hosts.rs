@@ -129,10 +129,17 @@ impl Agent {
     /// Starts the agent of `home` (whose config must trust a CA and should listen on
     /// `127.0.0.1:0`) and waits until it listens.
     pub fn start(home: &Home) -> Self {
-        let mut child = Command::new(mesh_bin())
-            .arg("--home")
-            .arg(home.path())
-            .args(["node", "run"])
+        let mut command = Command::new(mesh_bin());
+        command.arg("--home").arg(home.path()).args(["node", "run"]);
+        Self::start_with(command)
+    }
+
+    /// Starts `command` and waits until it reports listening, as [`start`](Self::start) does.
+    /// `command` is `mesh --home H node run` itself or a wrapper that ends by `exec`ing it (in a
+    /// private mount namespace, say): the process it starts is the one stopped on drop, and its
+    /// stderr is the agent's log. Its stdio and `MESH_HOME`/`RUST_LOG` are set here.
+    pub fn start_with(mut command: Command) -> Self {
+        let mut child = command
             .env_remove("MESH_HOME")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

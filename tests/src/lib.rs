@@ -41,3 +41,15 @@ pub fn mesh() -> Command {
 pub fn run_mesh(args: &[&str]) -> Output {
     mesh().args(args).output().expect("run mesh")
 }
+
+/// Says why the calling test cannot run on this machine, so the caller can return: a test that
+/// needs root, tmux or namespaces skips on a developer's laptop. Under `CI` (set by `.ci/run`,
+/// which installs everything and runs as root) a skip would hide an untested feature, so it is
+/// a failure there instead.
+pub fn skip_test(why: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "cannot run under CI: {why}; .ci/run must provide it"
+    );
+    eprintln!("SKIPPED: {why}");
+}

@@ -25,7 +25,7 @@ runuser -u meshdemo -- env -i PATH=/usr/bin:/bin HOME=/home/meshdemo TMPDIR=/tmp
 #[test]
 fn unix_user_runs_the_demo_without_root() {
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPED: needs root to build a private mount namespace (CI runs as root)");
+        mesh_tests::skip_test("needs root to build a private mount namespace (CI runs as root)");
         return;
     }
     for tool in ["unshare", "useradd", "runuser"] {
@@ -34,7 +34,7 @@ fn unix_user_runs_the_demo_without_root() {
             .output()
             .map_or(true, |o| !o.status.success())
         {
-            eprintln!("SKIPPED: {tool} is not installed");
+            mesh_tests::skip_test(&format!("{tool} is not installed"));
             return;
         }
     }

@@ -41,7 +41,9 @@ fn tmux_installed() -> bool {
 macro_rules! require_tmux {
     () => {
         if !tmux_installed() {
-            eprintln!("SKIPPED: tmux is not installed (apt-get install tmux); mesh shell untested");
+            mesh_tests::skip_test(
+                "tmux is not installed (apt-get install tmux); mesh shell untested",
+            );
             return;
         }
     };

@@ -23,6 +23,7 @@ use super::account::Account;
 use super::hangup::{HANGUP_GRACE, hang_up};
 use crate::error::Error;
 use crate::framed::{read_frame, write_frame};
+use crate::inherited_fds::close_on_exec_above_stdio;
 
 /// Size of each read from the command's output.
 const READ_CHUNK: usize = 32 * 1024;
@@ -60,13 +61,13 @@ where
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent. A session of
-    // its own lets the hangup find everything the command starts (see `hangup`).
+    // SAFETY: setsid and close_range/fcntl are async-signal-safe and touch no memory of the
+    // parent. A session of its own lets the hangup find everything the command starts (see
+    // `hangup`); descriptors this process inherited must not reach the user's command.
     unsafe {
         builder.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(|_| ())
-                .map_err(std::io::Error::from)
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            close_on_exec_above_stdio()
         });
     }
     let mut child = builder.spawn().map_err(|e| io_error("cannot start", e))?;

@@ -23,6 +23,7 @@ use super::privilege::become_account;
 use super::pty::run_in_pty;
 use crate::error::Error;
 use crate::framed::{read_frame, write_frame};
+use crate::inherited_fds::close_on_exec_above_stdio;
 
 fn socket_error(what: &'static str, source: std::io::Error) -> Error {
     Error::Io {
@@ -49,6 +50,12 @@ pub async fn spawn_session_process(
         if let Some(value) = std::env::var_os(name) {
             command.env(name, value);
         }
+    }
+    // SAFETY: close_range/fcntl are async-signal-safe and touch no memory of the parent.
+    // Descriptors the agent inherited stay out of the session process (and so out of the
+    // user's programs); its socket goes in as stdin.
+    unsafe {
+        command.pre_exec(close_on_exec_above_stdio);
     }
     let child = command
         .args(args)
