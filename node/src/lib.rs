@@ -1,15 +1,18 @@
 //! The peer library every mesh participant uses (host agent, client, coordinator, relay).
 //!
-//! What exists so far:
+//! What exists so far (see `ARCHITECTURE.md` for each module's job):
 //! - [`keyfile`]: secret keys on disk, written 0600 and refused when others can read them.
 //! - [`udp`]: real UDP behind the [`DatagramSocket`](mesh_proto::socket::DatagramSocket) seam.
 //! - [`tls`] and [`endpoint`]: QUIC (quinn) over that seam, TLS 1.3 authenticated by node keys
 //!   presented as raw public keys.
 //! - [`framed`]: protocol frames on async byte streams, length-capped before allocating.
-//! - [`session`]: the host's session gate (grant checked before anything starts).
+//! - [`session`]: the host's side of sessions (gate, limits, per-session processes, PTYs,
+//!   privilege drop) and the client's.
+//! - [`control`] and [`grant_cache`]: talking to the coordinator; offline grants kept by clients.
+//! - [`agent`]: `mesh node run` — config, presence, revocations.
+//! - [`inherited_fds`]: no inherited descriptor reaches a user's program.
 //!
-//! The path socket, hole punching, the relay client, the
-//! session host and client and the agent arrive with their issues (see `ARCHITECTURE.md`).
+//! The path socket, hole punching and the relay client arrive with their issues.
 
 pub mod agent;
 pub mod control;
