@@ -229,8 +229,12 @@ pub(crate) enum CoordinatorCommand {
         #[arg(long, value_name = "H")]
         host: String,
         /// The Unix login it allows.
-        #[arg(long, value_name = "L")]
-        login: String,
+        #[arg(long, value_name = "L", required_unless_present = "temp")]
+        login: Option<String>,
+        /// A temporary root-capable account instead of a login (the host must allow
+        /// temporary users, and the user's role must hold the temp-users permission).
+        #[arg(long, conflicts_with = "login")]
+        temp: bool,
         /// How long it is valid (e.g. 8h, 2d; at most 7d).
         #[arg(long, value_name = "DUR")]
         ttl: String,

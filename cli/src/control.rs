@@ -78,13 +78,13 @@ pub(crate) fn coordinator_serve(
     })
 }
 
-/// `mesh coordinator grant --user U --host H --login L --ttl DUR`: an offline grant file on
-/// stdout, one line per device of the user.
+/// `mesh coordinator grant --user U --host H --login L|--temp --ttl DUR`: an offline grant
+/// file on stdout, one line per device of the user. No login means a temporary account.
 pub(crate) fn coordinator_grant(
     home: &Path,
     user: &str,
     host: &str,
-    login: &str,
+    login: Option<&str>,
     ttl: &str,
 ) -> Result<ExitCode, Failure> {
     let ttl = humantime::parse_duration(ttl)
@@ -99,9 +99,13 @@ pub(crate) fn coordinator_grant(
             Arc::new(SystemClock),
         ))
         .map_err(failed)?;
+    let (as_whom, temp_flag) = match login {
+        Some(login) => (login.to_owned(), ""),
+        None => ("a temporary account".to_owned(), " --temp"),
+    };
     eprintln!(
-        "mesh: offline grant for {user} as {login} on {host}, valid for {} ({} device(s)); \
-         use it with `mesh shell {host} --grant FILE --direct ADDR`",
+        "mesh: offline grant for {user} as {as_whom} on {host}, valid for {} ({} device(s)); \
+         use it with `mesh shell {host}{temp_flag} --grant FILE --direct ADDR`",
         humantime::format_duration(ttl),
         text.lines().count()
     );

@@ -57,8 +57,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             user,
             host,
             login,
+            temp: _,
             ttl,
-        }) => control::coordinator_grant(&home_dir(home)?, &user, &host, &login, &ttl),
+        }) => control::coordinator_grant(&home_dir(home)?, &user, &host, login.as_deref(), &ttl),
         Command::Node(NodeCommand::Join(enroll)) => {
             control::enroll_home(&home_dir(home)?, &enroll.token, enroll.coordinator, true)
         }

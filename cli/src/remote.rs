@@ -18,7 +18,7 @@ use mesh_proto::UnixTime;
 use mesh_proto::grant_file::{grant_from_text, grant_unverified};
 use mesh_proto::messages::SESSION_ALPN;
 use mesh_proto::messages::control::{ControlMessage, SessionGrantRequest};
-use mesh_proto::messages::session::{EnvVar, PtyRequest};
+use mesh_proto::messages::session::{EnvVar, LoginRequest, PtyRequest};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
@@ -54,14 +54,11 @@ pub(crate) fn run(home: &Path, request: Request) -> Result<u8, Failure> {
 
 async fn session(home: &Path, request: Request) -> Result<u8, Failure> {
     let target = &request.target;
-    if target.temp {
-        return Err(Failure::Session(
-            "--temp: temporary accounts arrive with issue #6".into(),
-        ));
-    }
-    let login = match &target.login {
-        Some(login) => login.clone(),
-        None => local_user_name()?,
+    // `None`: a temporary account the host makes for this session.
+    let login = match (&target.login, target.temp) {
+        (_, true) => None,
+        (Some(login), false) => Some(login.clone()),
+        (None, false) => Some(local_user_name()?),
     };
     let fail = |e: mesh_node::Error| Failure::Session(e.to_string());
     let (endpoint, grant, host_key, addrs) = match (target.direct, target.grant.as_ref()) {
@@ -85,7 +82,15 @@ async fn session(home: &Path, request: Request) -> Result<u8, Failure> {
                 "--direct ADDR needs --grant FILE; without both, mesh asks the coordinator".into(),
             ));
         }
-        (None, None) => by_name(home, &target.host, &login, request.command.is_some()).await?,
+        (None, None) => {
+            by_name(
+                home,
+                &target.host,
+                login.as_deref(),
+                request.command.is_some(),
+            )
+            .await?
+        }
     };
 
     let tty = stdin_is_terminal();
@@ -106,7 +111,7 @@ async fn session(home: &Path, request: Request) -> Result<u8, Failure> {
         .map_err(|e| Failure::Session(format!("{}: {e}", target.host)))?;
     let session_request = SessionRequest {
         grant,
-        login,
+        login: login.map_or(LoginRequest::Temporary, LoginRequest::Named),
         command: request.command.clone(),
         pty,
         env: locale_environment(),
@@ -200,7 +205,7 @@ fn local_user_name() -> Result<String, Failure> {
 async fn by_name(
     home: &Path,
     host: &str,
-    login: &str,
+    login: Option<&str>,
     command: bool,
 ) -> Result<(Endpoint, Vec<u8>, mesh_proto::NodeId, Vec<SocketAddr>), Failure> {
     let fail = |e: mesh_node::Error| Failure::Session(e.to_string());
@@ -220,6 +225,13 @@ async fn by_name(
     {
         Ok(conn) => conn,
         Err(unreachable) => {
+            let Some(login) = login else {
+                return Err(Failure::Session(format!(
+                    "cannot reach the coordinator ({unreachable}); a temporary account needs a \
+                     fresh grant from it (or an admin's `mesh coordinator grant --temp` file \
+                     with --grant FILE --direct ADDR)"
+                )));
+            };
             let now = UnixTime::from_system_time(std::time::SystemTime::now());
             let Some(kept) = grant_cache::find(home, host, login, now) else {
                 return Err(Failure::Session(format!(
@@ -237,7 +249,7 @@ async fn by_name(
     };
     let ask = ControlMessage::GrantRequest(SessionGrantRequest {
         host: host.to_owned(),
-        login: Some(login.to_owned()),
+        login: login.map(str::to_owned),
         command,
     });
     let reply = control_request(&conn, &ask).await.map_err(fail)?;
@@ -250,7 +262,7 @@ async fn by_name(
             "{host} has never connected to the coordinator, so its address is unknown"
         )));
     }
-    if let Some(offline) = &granted.offline_grant {
+    if let (Some(offline), Some(login)) = (&granted.offline_grant, login) {
         // Only a convenience for later: a failure to keep it must not stop this session.
         if let Err(e) = grant_cache::save(
             home,

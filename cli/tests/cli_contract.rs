@@ -9,7 +9,7 @@ const CONTRACT: &[&str] = &[
     "mesh demo [--exec CMD]",
     "mesh coordinator init [--addr HOST:PORT]",
     "mesh coordinator serve [--listen ADDR]",
-    "mesh coordinator grant --user U --host H --login L --ttl DUR",
+    "mesh coordinator grant --user U --host H [--login L] [--temp] --ttl DUR",
     "mesh node join TOKEN|- [--coordinator ADDR]",
     "mesh node run",
     "mesh login TOKEN|- [--coordinator ADDR]",

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use mesh_node::keyfile::{load_or_create_secret_key, read_secret_key, write_secret_key};
 use std::time::Duration;
 
-use mesh_proto::grant::OFFLINE_GRANT_MAX_TTL;
+use mesh_proto::grant::{OFFLINE_GRANT_MAX_TTL, TEMPORARY_ROOT};
 use mesh_proto::grant_file::grant_to_text;
 use mesh_proto::token::TokenKind;
 use mesh_proto::{CaSigner, Clock, Grant, GrantId, GrantKind, SecretKey};
@@ -103,16 +103,20 @@ pub async fn open(
 }
 
 /// Mints an offline grant file on the coordinator's machine, without the network: one grant
-/// per enrolled device of `user`, for `login` on `host`, valid for `ttl` (at most 7 days).
+/// per enrolled device of `user`, for `login` (or a temporary account: `None`) on `host`,
+/// valid for `ttl` (at most 7 days).
 /// The user's role must allow it, as it would for a grant asked for online.
 pub async fn mint_grant_file(
     home: &Path,
     user: &str,
     host: &str,
-    login: &str,
+    login: Option<&str>,
     ttl: Duration,
     clock: Arc<dyn Clock>,
 ) -> Result<String, HomeError> {
+    // No login: a temporary account, whose grant names the privilege it gets instead.
+    let temporary = login.is_none();
+    let login = login.unwrap_or(TEMPORARY_ROOT);
     if ttl > OFFLINE_GRANT_MAX_TTL || ttl.is_zero() {
         return Err(HomeError::Invalid(format!(
             "--ttl {}: an offline grant lives at most {} (the bound on how long a partitioned \
@@ -139,7 +143,7 @@ pub async fn mint_grant_file(
     let session = |command| Request::Session {
         host: &host,
         login,
-        temporary: false,
+        temporary,
         command,
     };
     if let Err(denied) = authorize(&user, &role, &session(false)) {
@@ -163,7 +167,7 @@ pub async fn mint_grant_file(
             host: host.key,
             login: login.to_owned(),
             permissions: role_permissions(&role),
-            temporary: false,
+            temporary,
             kind: GrantKind::Offline,
             not_before: now,
             not_after: now.saturating_add(ttl),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use mesh_node::endpoint::{Connection, Endpoint};
 use mesh_node::framed::{FrameReader, write_frame};
-use mesh_proto::grant::{OFFLINE_GRANT_DEFAULT_TTL, ONLINE_GRANT_DEFAULT_TTL};
+use mesh_proto::grant::{OFFLINE_GRANT_DEFAULT_TTL, ONLINE_GRANT_DEFAULT_TTL, TEMPORARY_ROOT};
 use mesh_proto::messages::control::{
     ControlMessage, Done, Enroll, Enrolled, Failure, Granted, HostContact, HostEntry, HostSet,
     Hosts, InviteCreate, InviteEntry, InviteList, InviteRevoke, InviteTarget, Invited, Label,
@@ -382,16 +382,16 @@ impl<S: Store> Coordinator<S> {
         request: SessionGrantRequest,
     ) -> Reply {
         let host = self.host_named(&request.host).await?;
-        let Some(login) = request.login.as_deref() else {
-            return Err("temporary accounts arrive with issue #6".into());
-        };
+        // No login: a temporary account, whose grant names the privilege it gets instead.
+        let temporary = request.login.is_none();
+        let login = request.login.as_deref().unwrap_or(TEMPORARY_ROOT);
         authorize(
             user,
             role,
             &Request::Session {
                 host: &host,
                 login,
-                temporary: false,
+                temporary,
                 command: request.command,
             },
         )
@@ -409,7 +409,7 @@ impl<S: Store> Coordinator<S> {
             } else {
                 Permissions::SHELL
             },
-            temporary: false,
+            temporary,
             kind: GrantKind::Online,
             not_before: now,
             not_after: now.saturating_add(ONLINE_GRANT_DEFAULT_TTL),
@@ -417,7 +417,9 @@ impl<S: Store> Coordinator<S> {
         };
         let signed = self.ca.sign_grant(&grant).map_err(|e| e.to_string())?;
         tracing::info!(user = %user.name, host = %host.name, %login, grant = %grant.id, "grant issued");
-        let offline_grant = if authorize(user, role, &Request::OfflineGrants).is_ok() {
+        // Temporary root is never cached for offline use: it lives as long as its online grant.
+        let offline_grant = if !temporary && authorize(user, role, &Request::OfflineGrants).is_ok()
+        {
             let offline = Grant {
                 id: GrantId::random().map_err(|e| e.to_string())?,
                 permissions: role_permissions(role),

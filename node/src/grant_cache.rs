@@ -90,21 +90,8 @@ pub fn save(
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    // Write a private temp file, then rename over the old entry: never a half-written grant.
-    let mut temp = tempfile_in(&dir)?;
-    std::io::Write::write_all(temp.as_file_mut(), text.as_bytes())
-        .map_err(|e| io("cannot write", &path, e))?;
-    temp.persist(&path)
-        .map_err(|e| io("cannot write", &path, e.error))?;
-    Ok(())
-}
-
-fn tempfile_in(dir: &Path) -> Result<tempfile::NamedTempFile, Error> {
-    tempfile::Builder::new()
-        .prefix(".grant-")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .tempfile_in(dir)
-        .map_err(|e| io("cannot create a file in", dir, e))
+    // A private file replaced whole: never a half-written grant.
+    crate::durable::replace_file(&path, 0o600, text.as_bytes())
 }
 
 /// The cached grant for `host` and `login`, if one is still valid at `now`.

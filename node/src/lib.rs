@@ -11,11 +11,13 @@
 //! - [`control`] and [`grant_cache`]: talking to the coordinator; offline grants kept by clients.
 //! - [`agent`]: `mesh node run` — config, presence, revocations.
 //! - [`inherited_fds`]: no inherited descriptor reaches a user's program.
+//! - [`temp_accounts`] and [`durable`]: temporary root accounts; files replaced crash-safely.
 //!
 //! The path socket, hole punching and the relay client arrive with their issues.
 
 pub mod agent;
 pub mod control;
+pub mod durable;
 pub mod endpoint;
 pub mod error;
 pub mod framed;
@@ -23,6 +25,7 @@ pub mod grant_cache;
 pub mod inherited_fds;
 pub mod keyfile;
 pub mod session;
+pub mod temp_accounts;
 pub mod tls;
 pub mod udp;
 

@@ -163,6 +163,10 @@ impl GrantKind {
     }
 }
 
+/// The privilege temporary grants carry in their `login`: the temporary account gets root
+/// (through sudo). The only one hosts make accounts with.
+pub const TEMPORARY_ROOT: &str = "root";
+
 /// The content of a grant, as the CA signs it.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

@@ -73,12 +73,16 @@ impl Daemon {
         let marker = ready.to_owned();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains(&marker) {
+                let ready = line.contains(&marker);
+                {
+                    let mut log = sink.lock().expect("log");
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+                // Only once the line is in the log: a caller reads it right after `spawn`.
+                if ready {
                     let _ = ready_tx.send(());
                 }
-                let mut log = sink.lock().expect("log");
-                log.push_str(&line);
-                log.push('\n');
             }
         });
         let daemon = Self { child, log };
@@ -91,6 +95,21 @@ impl Daemon {
     /// Its stderr so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log").clone()
+    }
+
+    /// The address an agent said it listens on (its latest "listening on ADDR" line).
+    pub fn listening_addr(&self) -> String {
+        self.log()
+            .rsplit("listening on ")
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("the agent says where it listens")
+            .to_owned()
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
@@ -195,16 +214,23 @@ impl Fleet {
     /// Invites and enrolls host `name` (home of the same name, listening on loopback), then
     /// starts its agent.
     pub fn add_host(&self, name: &str) -> Daemon {
+        let home = self.enroll_host(name);
+        Daemon::spawn(
+            mesh_in(&home, &["node", "run"]),
+            "connected to the coordinator",
+        )
+    }
+
+    /// Invites and enrolls host `name` in home `name` (listening on loopback) without starting
+    /// its agent; returns the home.
+    pub fn enroll_host(&self, name: &str) -> PathBuf {
         let token = self.invite(&["invite", "host", "--name", name]);
         let home = self.home(name);
         std::fs::create_dir_all(&home).expect("host home");
         std::fs::write(home.join("config.toml"), "listen = \"127.0.0.1:0\"\n").expect("config");
         let out = run_with_stdin(&home, &["node", "join", "-"], &token);
         assert!(out.status.success(), "join {name}: {}", text(&out.stderr));
-        Daemon::spawn(
-            mesh_in(&home, &["node", "run"]),
-            "connected to the coordinator",
-        )
+        home
     }
 
     /// Invites and enrolls user `name` with `role` from home `name`.

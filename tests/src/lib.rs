@@ -6,6 +6,7 @@
 
 pub mod fleet;
 pub mod hosts;
+pub mod namespace;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -217,15 +217,6 @@ fn the_demo_runs_a_command_on_a_whole_mesh_and_cleans_up() {
     );
 }
 
-/// The address in an agent's "listening on ADDR" log line.
-fn listening_addr(log: &str) -> String {
-    log.split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_owned()
-}
-
 #[test]
 fn with_the_coordinator_gone_sessions_live_on_and_offline_grants_work() {
     use std::io::{BufRead, Write};
@@ -298,7 +289,7 @@ fn with_the_coordinator_gone_sessions_live_on_and_offline_grants_work() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let file = admin.join("minted.grant");
     std::fs::write(&file, &out.stdout).unwrap();
-    let addr = listening_addr(&edge.log());
+    let addr = edge.listening_addr();
     let out = fleet.admin(&[
         "exec",
         "edge-01",

@@ -37,14 +37,6 @@ fn device_key(fleet: &Fleet, name: &str) -> String {
         .to_string()
 }
 
-fn listening_addr(log: &str) -> String {
-    log.rsplit("listening on ")
-        .next()
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_owned()
-}
-
 #[test]
 fn revoking_a_user_ends_their_open_session_within_five_seconds() {
     let fleet = Fleet::start();
@@ -168,7 +160,7 @@ fn a_revoked_device_is_refused_and_a_restarted_agent_still_refuses_its_grant() {
         mesh_in(&fleet.home("edge-01"), &["node", "run"]),
         "listening on",
     );
-    let addr = listening_addr(&restarted.log());
+    let addr = restarted.listening_addr();
     let out = run_in(
         &pat,
         &[

@@ -7,9 +7,9 @@
 //! with no capabilities, no file descriptor inherited from the agent or the session process,
 //! and a login environment built from nothing, whatever the client sends.
 //!
-//! These tests need root, `unshare` and overlayfs, and skip (saying why) without them, except under `CI`, where that fails. They run
-//! in nextest's serial `namespace-and-users` group (`.config/nextest.toml`), matched by their
-//! `unix_user` names.
+//! These tests need root, `unshare` and overlayfs, and skip (saying why) without them, except
+//! under `CI`, where a skip fails. They run in nextest's serial `namespace-and-users` group
+//! (`.config/nextest.toml`), matched by their `unix_user` names.
 
 // Test helpers outside #[test] functions: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -80,20 +80,10 @@ const AGENT_CANARY: &str = "MESH_AGENT_CANARY";
 
 /// Why these tests cannot run here, if they cannot.
 fn unsupported() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some(
-            "creating Unix users in a mount namespace needs root (CI runs as root)".into(),
-        );
-    }
-    for tool in ["unshare", "useradd", "groupadd", "getent"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            return Some(format!("`{tool}` is not installed"));
-        }
+    if let Some(why) =
+        mesh_tests::namespace::unsupported_without(&["unshare", "useradd", "groupadd", "getent"])
+    {
+        return Some(why);
     }
     let dir = TempDir::new().unwrap();
     let out = Command::new("unshare")
@@ -434,7 +424,7 @@ fn unix_user_session_gets_a_clean_login_environment_whatever_the_client_sends() 
     let grant = mesh_proto::grant_file::grant_from_text(grant_text.trim()).unwrap();
     let request = mesh_node::session::client::SessionRequest {
         grant,
-        login: USER.into(),
+        login: mesh_proto::messages::session::LoginRequest::Named(USER.into()),
         command: Some("env; echo \"cwd=$(pwd)\"".into()),
         pty: None,
         env: offered

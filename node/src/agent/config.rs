@@ -79,16 +79,8 @@ struct LimitsFile {
 impl AgentConfig {
     /// Reads `path`; a missing file means every default.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => {
-                return Err(Error::Io {
-                    what: "cannot read",
-                    path: path.to_owned(),
-                    source,
-                });
-            }
+        let Some(text) = crate::durable::read_if_exists(path)? else {
+            return Ok(Self::default());
         };
         Self::parse(&text).map_err(|reason| Error::Config {
             path: path.to_owned(),

@@ -28,6 +28,7 @@ use crate::keyfile::load_or_create_secret_key;
 use crate::session::gate::Gate;
 use crate::session::host::{HostPolicy, LoginPolicy, ProcessBackend, SessionHost, SessionProgram};
 use crate::session::limits::SessionCounter;
+use crate::temp_accounts::TempAccounts;
 use crate::udp::UdpSocket;
 use config::AgentConfig;
 use presence::{HostState, run_presence};
@@ -77,6 +78,16 @@ pub async fn run(
     let endpoint = Endpoint::new(key.clone(), Arc::new(socket), &[SESSION_ALPN])?;
     let state = HostState::new(clock);
     let revocations = Revocations::load(home, ca_keys.clone())?;
+    let temp_accounts = if Uid::effective().is_root() {
+        let accounts = TempAccounts::open(home, key.node_id())?;
+        // Before any session: what a crashed run left behind goes first.
+        for line in accounts.clean_up_leftovers().await {
+            tracing::warn!("{line}");
+        }
+        Some(accounts)
+    } else {
+        None
+    };
     let policy = HostPolicy {
         logins: login_policy(config.allowed_logins.clone()),
         default_shell: config
@@ -87,6 +98,7 @@ pub async fn run(
         counter: SessionCounter::new(config.limits),
         state: state.clone(),
         revocations: revocations.clone(),
+        temp_accounts,
     };
     let gate = Gate {
         host: key.node_id(),

@@ -32,6 +32,8 @@ pub struct HostState {
     /// Coordinator time minus local time, in milliseconds.
     offset_ms: AtomicI64,
     base: Arc<dyn Clock>,
+    /// Bumped whenever the settings change, to wake sessions a change ends.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl HostState {
@@ -43,6 +45,7 @@ impl HostState {
             temp_users: AtomicBool::new(false),
             offset_ms: AtomicI64::new(0),
             base,
+            changed: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -51,10 +54,28 @@ impl HostState {
         self.remote_shell.load(Ordering::SeqCst)
     }
 
-    fn apply(&self, settings: Settings) {
+    /// Whether temporary accounts may be made and used.
+    pub fn temp_users(&self) -> bool {
+        self.temp_users.load(Ordering::SeqCst)
+    }
+
+    /// Takes the coordinator's settings (also how tests and the simulator set them).
+    pub fn apply(&self, settings: Settings) {
         self.remote_shell
             .store(settings.remote_shell, Ordering::SeqCst);
         self.temp_users.store(settings.temp_users, Ordering::SeqCst);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Completes once temporary users are off (at once if they are): what ends temporary
+    /// sessions when an admin turns them off.
+    pub async fn until_temp_users_off(self: Arc<Self>) {
+        let mut changes = self.changed.subscribe();
+        while self.temp_users() {
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Records the coordinator's time `remote`, read between local times `sent` and

@@ -21,8 +21,8 @@ use crate::framed::{FrameReader, write_frame};
 pub struct SessionRequest {
     /// The signed grant.
     pub grant: Vec<u8>,
-    /// The account.
-    pub login: String,
+    /// The account: a named one, or a temporary one the host makes.
+    pub login: LoginRequest,
     /// The command for the remote shell's `-c`; `None` for a login shell.
     pub command: Option<String>,
     /// A PTY, if wanted.
@@ -63,7 +63,7 @@ where
 {
     let open = Open {
         grant: request.grant,
-        login: LoginRequest::Named(request.login),
+        login: request.login,
         command: request.command,
         pty: request.pty,
         env: request.env,
@@ -376,7 +376,7 @@ mod tests {
         let (read, write) = tokio::io::split(client);
         let request = SessionRequest {
             grant: vec![1],
-            login: "me".into(),
+            login: LoginRequest::Named("me".into()),
             command: Some("cat".into()),
             pty: None,
             env: vec![],

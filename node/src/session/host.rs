@@ -25,11 +25,12 @@ use tokio::time::Instant;
 
 use super::gate::{Authorized, Gate, system_uid};
 use super::hangup::HANGUP_GRACE;
-use super::limits::{SessionCounter, SessionEnd, session_deadline};
+use super::limits::{SessionCounter, SessionEnd, session_deadline, until_expiry};
 use super::process::spawn_session_process;
 use crate::endpoint::Connection;
 use crate::error::Error;
 use crate::framed::{FrameReader, write_frame};
+use crate::temp_accounts::{TempAccounts, TempLease};
 
 /// A started session as the host sees it: a link carrying session frames both ways, and a
 /// future that completes once everything the session ran is gone.
@@ -145,6 +146,9 @@ pub struct HostPolicy {
     pub state: Arc<crate::agent::presence::HostState>,
     /// What was revoked: sessions under a revoked grant, device or user end.
     pub revocations: Arc<crate::agent::revocations::Revocations>,
+    /// Where temporary accounts come from; `None` when this host cannot make them (its agent
+    /// is not root, or it is simulated).
+    pub temp_accounts: Option<Arc<TempAccounts>>,
 }
 
 /// Serves sessions on authenticated connections.
@@ -201,28 +205,41 @@ impl<B: SessionBackend> SessionHost<B> {
             return Ok(());
         };
         let grant = &authorized.grant.grant;
-        let (start, slot) = match self.decide(&open, &authorized) {
+        let refuse = async |send: &mut S, reason: String| {
+            tracing::info!(client = %client.short(), user = %grant.user_name, "refused: {reason}");
+            let refused = SessionMessage::Refused(Refused {
+                reason: Refusal::Host(reason),
+            });
+            write_frame(send, &refused).await?;
+            let _ = send.shutdown().await;
+            Ok(())
+        };
+        let (mut start, slot) = match self.decide(&open, &authorized) {
             Ok(decided) => decided,
-            Err(reason) => {
-                tracing::info!(client = %client.short(), user = %grant.user_name, "refused: {reason}");
-                let refused = SessionMessage::Refused(Refused {
-                    reason: Refusal::Host(reason),
-                });
-                write_frame(&mut send, &refused).await?;
-                let _ = send.shutdown().await;
-                return Ok(());
+            Err(reason) => return refuse(&mut send, reason).await,
+        };
+        // A temporary account is made only now, after every check that could refuse.
+        let lease = match &self.policy.temp_accounts {
+            Some(accounts) if grant.temporary => {
+                match accounts
+                    .acquire(grant.user_id, &grant.user_name, &grant.login)
+                    .await
+                {
+                    Ok(lease) => {
+                        start.login = lease.name().to_owned();
+                        Some(lease)
+                    }
+                    Err(reason) => return refuse(&mut send, reason).await,
+                }
             }
+            _ => None,
         };
         let login = start.login.clone();
         let session = match self.backend.start(start).await {
             Ok(session) => session,
             Err(reason) => {
-                let refused = SessionMessage::Refused(Refused {
-                    reason: Refusal::Host(reason),
-                });
-                write_frame(&mut send, &refused).await?;
-                let _ = send.shutdown().await;
-                return Ok(());
+                release(lease).await;
+                return refuse(&mut send, reason).await;
             }
         };
         let session_id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
@@ -230,11 +247,25 @@ impl<B: SessionBackend> SessionHost<B> {
         write_frame(&mut send, &SessionMessage::Opened(Opened { session_id })).await?;
         let limits = *self.policy.counter.limits();
         let grant_max = grant.max_session();
-        let deadline = |started, last| session_deadline(&limits, grant_max, started, last);
+        let expires = grant.temporary.then(|| self.temporary_expiry(grant));
+        let deadline = |started, last| {
+            until_expiry(session_deadline(&limits, grant_max, started, last), expires)
+        };
         let BackendSession { link, ended } = session;
         let revoked = self.policy.revocations.clone().until_revoked(grant.clone());
-        let outcome = relay(&mut recv, &mut send, link, deadline, revoked).await;
+        let temp_users_off = self.policy.state.clone().until_temp_users_off();
+        let ended_by_host = async {
+            if !grant.temporary {
+                return revoked.await;
+            }
+            tokio::select! {
+                reason = revoked => reason,
+                () = temp_users_off => "temporary users were turned off on this host".to_owned(),
+            }
+        };
+        let outcome = relay(&mut recv, &mut send, link, deadline, ended_by_host).await;
         ended.await;
+        release(lease).await;
         drop(slot);
         let _ = send.shutdown().await;
         tracing::info!(session_id, "session ended: {outcome:?}");
@@ -256,27 +287,69 @@ impl<B: SessionBackend> SessionHost<B> {
                     .to_owned(),
             );
         }
-        let (LoginRequest::Named(_), Some((login, _))) = (&open.login, &authorized.login) else {
-            return Err("temporary accounts are not built yet (issue #6)".to_owned());
+        let login = match (&open.login, &authorized.login) {
+            (LoginRequest::Named(_), Some((login, _))) => {
+                if !self.policy.logins.allows(login) {
+                    return Err(format!(
+                        "login {login:?} is not allowed on this host (allowed_logins in its \
+                         config.toml)"
+                    ));
+                }
+                login.clone()
+            }
+            (LoginRequest::Temporary, None) if grant.temporary => {
+                if !self.policy.state.temp_users() {
+                    return Err(
+                        "temporary users are off on this host; an admin can allow them \
+                         with `mesh host set HOST temp-users=on`"
+                            .to_owned(),
+                    );
+                }
+                if self.policy.temp_accounts.is_none() {
+                    return Err(
+                        "this host cannot make temporary accounts: its agent does not \
+                         run as root"
+                            .to_owned(),
+                    );
+                }
+                // Named once the account exists (see `serve_stream`).
+                String::new()
+            }
+            _ => return Err("the login asked for does not match the grant".to_owned()),
         };
-        if !self.policy.logins.allows(login) {
-            return Err(format!(
-                "login {login:?} is not allowed on this host (allowed_logins in its config.toml)"
-            ));
-        }
         let slot = self
             .policy
             .counter
             .try_admit(grant.user_id, &grant.user_name)
             .map_err(|limit| limit.to_string())?;
         let start = Start {
-            login: login.clone(),
+            login,
             command: open.command.clone(),
             pty: open.pty.clone(),
             env: open.env.clone(),
             default_shell: self.policy.default_shell.clone(),
         };
         Ok((start, slot))
+    }
+}
+
+impl<B> SessionHost<B> {
+    /// When a temporary grant's session must end, on the monotonic clock: the grant's
+    /// `not_after` judged by the host's corrected wall clock now.
+    fn temporary_expiry(&self, grant: &mesh_proto::Grant) -> Instant {
+        let left = grant
+            .not_after
+            .duration_since(mesh_proto::Clock::now(&*self.policy.state))
+            .unwrap_or(Duration::ZERO);
+        Instant::now() + left
+    }
+}
+
+/// Gives a session's temporary account back, if it had one; the last session's release
+/// deletes the account.
+async fn release(lease: Option<TempLease>) {
+    if let Some(lease) = lease {
+        lease.release().await;
     }
 }
 
@@ -488,6 +561,7 @@ mod tests {
             revocations: crate::agent::revocations::Revocations::in_memory(
                 mesh_proto::CaKeySet::single(fixture().ca.public_key()),
             ),
+            temp_accounts: None,
         }
     }
 

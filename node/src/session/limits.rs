@@ -160,6 +160,8 @@ pub enum SessionEnd {
     Idle(Duration),
     /// The session ran for its longest allowed duration.
     MaxDuration(Duration),
+    /// The temporary grant it runs under expired (temporary sessions end with their grant).
+    GrantExpired,
 }
 
 impl fmt::Display for SessionEnd {
@@ -175,6 +177,11 @@ impl fmt::Display for SessionEnd {
                 "the host ended the session: it reached its maximum duration of {} \
                  (max_duration, or the grant's session limit)",
                 humantime::format_duration(*d)
+            ),
+            Self::GrantExpired => write!(
+                f,
+                "the host ended the session: its temporary grant expired, and the temporary \
+                 account goes with it"
             ),
         }
     }
@@ -196,6 +203,18 @@ pub fn session_deadline(
             (last_activity + idle, SessionEnd::Idle(idle))
         }
         _ => by_duration,
+    }
+}
+
+/// `deadline` moved earlier to `expires` when that comes first: a temporary session ends when
+/// its grant does, whatever its limits allow.
+pub fn until_expiry(
+    deadline: (Instant, SessionEnd),
+    expires: Option<Instant>,
+) -> (Instant, SessionEnd) {
+    match expires {
+        Some(at) if at <= deadline.0 => (at, SessionEnd::GrantExpired),
+        _ => deadline,
     }
 }
 
@@ -266,5 +285,22 @@ mod tests {
             session_deadline(&l, hour, t0, late),
             (t0 + hour, SessionEnd::MaxDuration(hour))
         );
+    }
+
+    #[test]
+    fn a_temporary_grant_ends_its_session_at_expiry_only_when_that_comes_first() {
+        let now = Instant::now();
+        let by_limits = (
+            now + Duration::from_secs(60),
+            SessionEnd::Idle(Duration::from_secs(60)),
+        );
+        let early = now + Duration::from_secs(5);
+        assert_eq!(
+            until_expiry(by_limits, Some(early)),
+            (early, SessionEnd::GrantExpired)
+        );
+        let late = now + Duration::from_secs(600);
+        assert_eq!(until_expiry(by_limits, Some(late)), by_limits);
+        assert_eq!(until_expiry(by_limits, None), by_limits);
     }
 }
