@@ -73,12 +73,16 @@ impl Daemon {
         let marker = ready.to_owned();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains(&marker) {
+                let ready = line.contains(&marker);
+                {
+                    let mut log = sink.lock().expect("log");
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+                // Only once the line is in the log: a caller reads it right after `spawn`.
+                if ready {
                     let _ = ready_tx.send(());
                 }
-                let mut log = sink.lock().expect("log");
-                log.push_str(&line);
-                log.push('\n');
             }
         });
         let daemon = Self { child, log };
