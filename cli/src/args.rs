@@ -338,8 +338,7 @@ pub(crate) enum UserCommand {
     },
     /// List users.
     List(JsonFlag),
-    /// Remove a user and their devices (no new grants; grants already issued run out, and
-    /// revoking them arrives with issue #6).
+    /// Remove a user and their devices, revoking their grants (open sessions end).
     Remove {
         /// The user's name.
         name: String,

@@ -27,7 +27,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure::Failed(format!("cannot start the runtime: {e}")))
 }
 
-fn failed(e: impl std::fmt::Display) -> Failure {
+pub(crate) fn failed(e: impl std::fmt::Display) -> Failure {
     Failure::Failed(e.to_string())
 }
 
@@ -176,7 +176,7 @@ pub(crate) fn enroll_home(
 }
 
 /// Sends one request to the coordinator from this device's home and returns the reply.
-fn ask(home: &Path, message: ControlMessage) -> Result<ControlMessage, Failure> {
+pub(crate) fn ask(home: &Path, message: ControlMessage) -> Result<ControlMessage, Failure> {
     with_coordinator(home, async |link| {
         request(&link.conn, &message).await.map_err(failed)
     })
@@ -507,6 +507,6 @@ pub(crate) fn role_list(home: &Path, json_out: bool) -> Result<ExitCode, Failure
     Ok(ExitCode::SUCCESS)
 }
 
-fn rfc3339(t: UnixTime) -> String {
+pub(crate) fn rfc3339(t: UnixTime) -> String {
     humantime::format_rfc3339_seconds(t.to_system_time()).to_string()
 }

@@ -7,6 +7,7 @@
 //! error. A command whose issue is still open exits 2 with one line saying so.
 
 mod args;
+mod audit;
 mod control;
 mod demo;
 mod exit;
@@ -148,7 +149,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let request = ControlMessage::RevokeRequest(RevokeRequest { what });
             control::admin_change(&home_dir(home)?, request)
         }
-        Command::Audit(_) => Err(not_built("audit", 6)),
+        Command::Audit(args) => audit::run(&home_dir(home)?, args),
         Command::Relay { .. } => Err(not_built("relay", 8)),
         Command::Cp(_) => Err(Failure::NotBuilt {
             command: "cp",

@@ -72,7 +72,6 @@ fn unbuilt_commands_exit_2_with_one_line_and_no_output() {
     let unbuilt: &[&[&str]] = &[
         &["path", "edge-01"],
         &["netsim", "matrix"],
-        &["audit"],
         &["cp", "a", "edge-01:/tmp"],
         &["forward", "edge-01", "8080:localhost:80"],
         &["proxy", "edge-01"],

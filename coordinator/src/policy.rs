@@ -30,6 +30,8 @@ pub enum Request<'a> {
     IssueCredentials,
     /// Add, change or remove users and roles.
     Administer,
+    /// Read the audit log.
+    ReadAudit,
     /// Read the host directory.
     ListHosts,
 }
@@ -135,6 +137,8 @@ pub fn authorize(user: &User, role: &Role, request: &Request<'_>) -> Result<(), 
         }
         Request::IssueCredentials => needs(Permission::IssueCredentials, "issue credentials"),
         Request::Administer => needs(Permission::Admin, "administer users and roles"),
+        // Audit events name every user's sessions: admins only.
+        Request::ReadAudit => needs(Permission::Admin, "read the audit log"),
         // Every enrolled user may see the directory; what they may do there is decided above.
         Request::ListHosts => Ok(()),
     }
@@ -261,6 +265,13 @@ mod tests {
                 Request::Administer,
                 Err("may not administer"),
             ),
+            (
+                "alice",
+                "operator",
+                Request::ReadAudit,
+                Err("may not read the audit log"),
+            ),
+            ("root-admin", "admin", Request::ReadAudit, Ok(())),
             ("root-admin", "admin", temp(&temp_ok), Ok(())),
             (
                 "root-admin",

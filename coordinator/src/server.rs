@@ -1,6 +1,6 @@
 //! The coordinator's control-protocol server: enrollment, grants by name, the directory, host
-//! settings pushed to hosts, invites. Every request is authorized by
-//! [`authorize`] against the requester's role; the requester is the
+//! settings pushed to hosts, invites, revocations, and the audit log hosts upload to. Every
+//! request is authorized by [`authorize`] against the requester's role; the requester is the
 //! key proven in the TLS handshake.
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,12 +11,14 @@ use std::time::Duration;
 
 use mesh_node::endpoint::{Connection, Endpoint};
 use mesh_node::framed::{FrameReader, write_frame};
+use mesh_proto::audit::MAX_AUDIT_BATCH;
 use mesh_proto::grant::{OFFLINE_GRANT_DEFAULT_TTL, ONLINE_GRANT_DEFAULT_TTL, TEMPORARY_ROOT};
 use mesh_proto::messages::control::{
-    ControlMessage, Done, Enroll, Enrolled, Failure, Granted, HostContact, HostEntry, HostSet,
-    Hosts, InviteCreate, InviteEntry, InviteList, InviteRevoke, InviteTarget, Invited, Label,
-    Revoke, RevokeWhat, RoleList, RoleRemove, RoleSpec, SessionGrantRequest, Settings, TimeReply,
-    UserAdd, UserEntry, UserList, UserRemove, UserSetRole, Welcome,
+    AuditAck, AuditList, AuditQuery, AuditUpload, ControlMessage, Done, Enroll, Enrolled, Failure,
+    Granted, HostContact, HostEntry, HostSet, Hosts, InviteCreate, InviteEntry, InviteList,
+    InviteRevoke, InviteTarget, Invited, Label, Revoke, RevokeWhat, RoleList, RoleRemove, RoleSpec,
+    SessionGrantRequest, Settings, TimeReply, UserAdd, UserEntry, UserList, UserRemove,
+    UserSetRole, Welcome,
 };
 use mesh_proto::token::{EnrollmentToken, TokenKind, TokenSecret, open_token};
 use mesh_proto::{
@@ -30,7 +32,7 @@ use crate::model::{
     User, check_name,
 };
 use crate::policy::{Request, authorize};
-use crate::store::{Store, StoreError};
+use crate::store::{AuditFilter, Store, StoreError};
 
 /// How long an enrollment token is valid.
 pub const INVITE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -126,6 +128,7 @@ impl<S: Store> Coordinator<S> {
                 return self.presence(conn, hello.listen_addrs, send, recv).await;
             }
             ControlMessage::Enroll(enroll) => self.enroll(peer, enroll).await,
+            ControlMessage::AuditUpload(upload) => self.audit_upload(peer, upload).await,
             other => self.user_request(peer, other).await,
         };
         let message = reply.unwrap_or_else(|message| ControlMessage::Failure(Failure { message }));
@@ -234,9 +237,16 @@ impl<S: Store> Coordinator<S> {
                 authorize(&user, &role, &Request::Administer).map_err(|d| d.0)?;
                 self.revoke(&user, revoke.what).await
             }
-            ControlMessage::OfflineGrantsRequest(_) => {
-                Err("offline grants are not built yet (issue #5)".into())
+            ControlMessage::AuditQuery(query) => {
+                authorize(&user, &role, &Request::ReadAudit).map_err(|d| d.0)?;
+                self.audit_query(query).await
             }
+            ControlMessage::OfflineGrantsRequest(_) => Err(
+                "offline grants are not handed out in bulk; each grant for a host comes with \
+                     its offline grant when the role allows it (mesh shell|exec HOST while \
+                     connected)"
+                    .into(),
+            ),
             ControlMessage::TimeRequest(request) => Ok(ControlMessage::TimeReply(TimeReply {
                 nonce: request.nonce,
                 coordinator_time: self.now(),
@@ -277,11 +287,21 @@ impl<S: Store> Coordinator<S> {
                 if name == admin.name {
                     return Err("you cannot remove yourself; another admin can".into());
                 }
+                let user = store
+                    .user(&name)
+                    .await
+                    .map_err(store_error)?
+                    .ok_or_else(|| format!("no user {name}"))?;
+                // Revoked first: grants already issued to a removed user must stop working,
+                // and their open sessions end, as with `mesh revoke user`.
+                let told = self
+                    .issue_revocation(RevocationTarget::User(user.id))
+                    .await?;
                 store.remove_user(&name).await.map_err(store_error)?;
-                tracing::info!(by = %admin.name, user = %name, "user removed");
+                tracing::info!(by = %admin.name, user = %name, hosts_told = told, "user removed");
                 Ok(done(format!(
-                    "user {name} removed; their devices get no new grants (grants already \
-                     issued stay valid until they expire)"
+                    "user {name} removed and their grants revoked; {told} online host(s) told \
+                     now, the others when they connect"
                 )))
             }
             ControlMessage::UserSetRole(UserSetRole { name, role }) => {
@@ -345,6 +365,16 @@ impl<S: Store> Coordinator<S> {
                 (RevocationTarget::User(user.id), format!("user {name}"))
             }
         };
+        let told = self.issue_revocation(target).await?;
+        tracing::info!(by = %admin.name, %described, hosts_told = told, "revoked");
+        Ok(done(format!(
+            "{described} revoked; {told} online host(s) told now, the others when they connect"
+        )))
+    }
+
+    /// Signs a revocation of `target`, stores it and pushes it to every live host; returns how
+    /// many hosts were told now (the others get it after their next Welcome).
+    async fn issue_revocation(&self, target: RevocationTarget) -> Result<usize, String> {
         let revocation = Revocation {
             id: RevocationId::random().map_err(|e| e.to_string())?,
             target,
@@ -359,11 +389,56 @@ impl<S: Store> Coordinator<S> {
             .await
             .map_err(store_error)?;
         let push = ControlMessage::Revoke(Revoke { revocation: signed });
-        let told = self.push_all(&push);
-        tracing::info!(by = %admin.name, %described, hosts_told = told, "revoked");
-        Ok(done(format!(
-            "{described} revoked; {told} online host(s) told now, the others when they connect"
-        )))
+        Ok(self.push_all(&push))
+    }
+
+    /// Stores a host's audit events and acknowledges them. The host is the connection's
+    /// proven key; the events say nothing about which host they are from.
+    async fn audit_upload(&self, peer: NodeId, upload: AuditUpload) -> Reply {
+        let host = self
+            .store
+            .host_by_key(peer)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                format!(
+                    "key {} is not an enrolled host; only hosts upload audit events",
+                    peer.short()
+                )
+            })?;
+        for event in &upload.events {
+            event.check_shape()?;
+        }
+        let new = self
+            .store
+            .add_audit_events(peer, &host.name, &upload.events, self.now())
+            .await
+            .map_err(store_error)?;
+        tracing::debug!(host = %host.name, received = upload.events.len(), new, "audit events stored");
+        Ok(ControlMessage::AuditAck(AuditAck {
+            received: u32::try_from(upload.events.len()).unwrap_or(u32::MAX),
+            new: u32::try_from(new).unwrap_or(u32::MAX),
+        }))
+    }
+
+    /// One page of stored audit events (the caller is an admin).
+    async fn audit_query(&self, query: AuditQuery) -> Reply {
+        let filter = AuditFilter {
+            host: query.host,
+            user: query.user,
+            since: query.since,
+            after: query.after,
+            // One more than a page says whether there are more.
+            limit: MAX_AUDIT_BATCH + 1,
+        };
+        let mut records = self
+            .store
+            .audit_events(&filter)
+            .await
+            .map_err(store_error)?;
+        let more = records.len() > MAX_AUDIT_BATCH;
+        records.truncate(MAX_AUDIT_BATCH);
+        Ok(ControlMessage::AuditList(AuditList { records, more }))
     }
 
     async fn host_named(&self, name: &str) -> Result<Host, String> {

@@ -10,12 +10,14 @@
 //!   privilege drop) and the client's.
 //! - [`control`] and [`grant_cache`]: talking to the coordinator; offline grants kept by clients.
 //! - [`agent`]: `mesh node run` — config, presence, revocations.
+//! - [`audit`]: audit events — the fsync'd spool, session admission against it, the uploader.
 //! - [`inherited_fds`]: no inherited descriptor reaches a user's program.
 //! - [`temp_accounts`] and [`durable`]: temporary root accounts; files replaced crash-safely.
 //!
 //! The path socket, hole punching and the relay client arrive with their issues.
 
 pub mod agent;
+pub mod audit;
 pub mod control;
 pub mod durable;
 pub mod endpoint;

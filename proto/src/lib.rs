@@ -19,6 +19,7 @@
 #[macro_use]
 mod random_id;
 
+pub mod audit;
 pub mod codec;
 pub mod error;
 pub mod grant;

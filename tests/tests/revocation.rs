@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::BufRead;
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use mesh_tests::fleet::{Daemon, Fleet, mesh_in, run_in, text};
@@ -37,15 +37,11 @@ fn device_key(fleet: &Fleet, name: &str) -> String {
         .to_string()
 }
 
-#[test]
-fn revoking_a_user_ends_their_open_session_within_five_seconds() {
-    let fleet = Fleet::start();
-    let _host = fleet.add_host("edge-01");
-    add_ops_role(&fleet);
-    fleet.add_user("olga", "ops");
+/// `mesh exec edge-01` as `user`, running a command that stays up; returns once it is running.
+fn open_session(fleet: &Fleet, user: &str) -> Child {
     let me = current_login();
     let mut session = mesh_in(
-        &fleet.home("olga"),
+        &fleet.home(user),
         &[
             "exec",
             "edge-01",
@@ -61,6 +57,37 @@ fn revoking_a_user_ends_their_open_session_within_five_seconds() {
     .unwrap();
     let mut lines = std::io::BufReader::new(session.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    session
+}
+
+/// Waits for `session` to end, at most 5 s after `since`; returns its stderr after checking
+/// that it exited 255 saying it was revoked.
+fn ended_as_revoked_within_five_seconds(session: &mut Child, since: Instant) -> String {
+    let status = loop {
+        if let Some(status) = session.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "still running after 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("session ended {:?} after the revocation", since.elapsed());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut session.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(255), "{stderr}");
+    assert!(stderr.contains("revoked"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn revoking_a_user_ends_their_open_session_within_five_seconds() {
+    let fleet = Fleet::start();
+    let _host = fleet.add_host("edge-01");
+    add_ops_role(&fleet);
+    fleet.add_user("olga", "ops");
+    let mut session = open_session(&fleet, "olga");
 
     let out = fleet.admin(&["revoke", "user", "olga"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -70,30 +97,73 @@ fn revoking_a_user_ends_their_open_session_within_five_seconds() {
         "{}",
         text(&out.stdout)
     );
-    let status = loop {
-        if let Some(status) = session.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            revoked_at.elapsed() < Duration::from_secs(5),
-            "still running after 5 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    eprintln!(
-        "session ended {:?} after the revocation",
-        revoked_at.elapsed()
-    );
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut session.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(255), "{stderr}");
-    assert!(stderr.contains("revoked"), "{stderr}");
+    ended_as_revoked_within_five_seconds(&mut session, revoked_at);
     // And olga gets nothing new.
     let out = run_in(
         &fleet.home("olga"),
-        &["exec", "edge-01", "--login", &me, "--", "true"],
+        &["exec", "edge-01", "--login", &current_login(), "--", "true"],
     );
     assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("revoked"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn removing_a_user_revokes_their_grants_and_ends_their_open_session() {
+    let fleet = Fleet::start();
+    let host = fleet.add_host("edge-01");
+    add_ops_role(&fleet);
+    fleet.add_user("olga", "ops");
+    let mut session = open_session(&fleet, "olga");
+    // A grant already in olga's hands, usable without the coordinator.
+    let out = run_in(
+        &fleet.coordinator.home(),
+        &[
+            "coordinator",
+            "grant",
+            "--user",
+            "olga",
+            "--host",
+            "edge-01",
+            "--login",
+            &current_login(),
+            "--ttl",
+            "1h",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let grant_file = fleet.home("olga").join("kept.grant");
+    std::fs::write(&grant_file, &out.stdout).unwrap();
+
+    let out = fleet.admin(&["user", "remove", "olga"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let removed_at = Instant::now();
+    assert!(
+        text(&out.stdout).contains("revoked"),
+        "{}",
+        text(&out.stdout)
+    );
+    ended_as_revoked_within_five_seconds(&mut session, removed_at);
+    let addr = host.listening_addr();
+    let out = run_in(
+        &fleet.home("olga"),
+        &[
+            "exec",
+            "edge-01",
+            "--grant",
+            grant_file.to_str().unwrap(),
+            "--direct",
+            &addr,
+            "--",
+            "echo",
+            "must-not-run",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(255));
+    assert!(text(&out.stdout).is_empty(), "{}", text(&out.stdout));
     assert!(
         text(&out.stderr).contains("revoked"),
         "{}",

@@ -328,6 +328,51 @@ fn namespace_temp_session_has_root_and_temp_users_off_removes_everything_within_
         "the ledger forgets deleted accounts: {}",
         host.ledger()
     );
+    // The audit trail names the temporary account and why its sessions ended.
+    let events = eventually_audited(&host, "olga", 4);
+    let started: Vec<_> = events
+        .iter()
+        .filter(|e| e["kind"] == "session-started")
+        .collect();
+    assert_eq!(started.len(), 2, "{events:#?}");
+    for event in started {
+        assert_eq!(event["temporary"], true, "{event:#}");
+        assert_eq!(event["login"], olga_account.name.as_str(), "{event:#}");
+    }
+    let ended: Vec<_> = events
+        .iter()
+        .filter(|e| e["kind"] == "session-ended")
+        .collect();
+    assert_eq!(ended.len(), 2, "{events:#?}");
+    for event in ended {
+        assert!(
+            event["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("temporary users were turned off")),
+            "{event:#}"
+        );
+    }
+}
+
+/// `user`'s audit events on `edge` once the coordinator has at least `count` of them (the
+/// host uploads in the background); fails after 10 s.
+fn eventually_audited(host: &TempHost, user: &str, count: usize) -> Vec<serde_json::Value> {
+    let start = Instant::now();
+    loop {
+        let out = host
+            .fleet
+            .admin(&["audit", "--json", "--host", "edge", "--user", user]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let events: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        if events.len() >= count {
+            return events;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{user}'s audit events never reached the coordinator: {events:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -479,4 +524,14 @@ fn namespace_temp_refusals_name_their_reason_and_create_nothing() {
         host.temp_like_accounts()
     );
     assert!(!host.ledger().contains("mesh-tmp-"), "{}", host.ledger());
+    // The host's refusal is in the audit trail, marked temporary, with its reason.
+    let events = eventually_audited(&host, "olga", 1);
+    assert_eq!(events[0]["kind"], "refused", "{events:#?}");
+    assert_eq!(events[0]["temporary"], true, "{events:#?}");
+    assert!(
+        events[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("temporary users are off on this host")),
+        "{events:#?}"
+    );
 }

@@ -2,11 +2,12 @@
 
 use std::collections::BTreeMap;
 
+use mesh_proto::audit::{AuditEvent, AuditId, AuditKind, AuditUser};
 use mesh_proto::{SecretKey, UnixTime};
 
 use super::memory::MemoryStore;
 use super::sqlite::SqliteStore;
-use super::{Store, StoreError};
+use super::{AuditFilter, Store, StoreError};
 use crate::model::{HostSettings, Invite, InviteFor, Role};
 
 const NOW: UnixTime = UnixTime::from_secs(1_800_000_000);
@@ -232,6 +233,129 @@ async fn run_all<S: Store>(make: impl AsyncFn() -> S) {
     enrollment_is_one_time_and_names_are_unique(&make().await).await;
     devices_join_users_and_keys_are_never_shared(&make().await).await;
     roles_users_and_settings(&make().await).await;
+    audit_events_are_stored_once_and_filtered(&make().await).await;
+}
+
+fn audit_event(id: u8, user: Option<&str>, at: u64) -> AuditEvent {
+    AuditEvent {
+        id: AuditId::from_bytes([id; 16]),
+        at: UnixTime::from_secs(at),
+        kind: AuditKind::SessionEnded,
+        session: Some(u64::from(id)),
+        user: user.map(|name| AuditUser {
+            id: mesh_proto::UserId(1),
+            name: name.into(),
+        }),
+        device: Some(key(50)),
+        login: Some("root".into()),
+        temporary: false,
+        grant: None,
+        exit: Some(mesh_proto::messages::session::ExitStatus::Code(3)),
+        bytes_up: 5,
+        bytes_down: 7,
+        reason: "finished".into(),
+    }
+}
+
+async fn audit_events_are_stored_once_and_filtered(store: &impl Store) {
+    let all = |limit| AuditFilter {
+        limit,
+        ..AuditFilter::default()
+    };
+    let batch = [
+        audit_event(1, Some("alice"), 100),
+        audit_event(2, Some("bob"), 200),
+        audit_event(3, None, 300),
+    ];
+    let new = store
+        .add_audit_events(key(40), "edge-01", &batch, NOW)
+        .await
+        .unwrap();
+    assert_eq!(new, 3);
+    // The same batch again (its ack was lost), and one overlapping it: nothing doubles.
+    assert_eq!(
+        store
+            .add_audit_events(key(40), "edge-01", &batch, NOW)
+            .await
+            .unwrap(),
+        0
+    );
+    let overlapping = [
+        audit_event(3, None, 300),
+        audit_event(4, Some("alice"), 400),
+    ];
+    assert_eq!(
+        store
+            .add_audit_events(key(40), "edge-01", &overlapping, NOW)
+            .await
+            .unwrap(),
+        1
+    );
+    // Another host's event with the same id is its own event.
+    assert_eq!(
+        store
+            .add_audit_events(
+                key(41),
+                "edge-02",
+                &[audit_event(1, Some("alice"), 500)],
+                NOW
+            )
+            .await
+            .unwrap(),
+        1
+    );
+    let listed = store.audit_events(&all(100)).await.unwrap();
+    assert_eq!(listed.len(), 5);
+    assert_eq!(listed[0].event, batch[0], "stored whole");
+    assert_eq!(listed[0].host, "edge-01");
+    assert_eq!(listed[0].received_at, NOW);
+    assert!(listed.windows(2).all(|w| w[0].seq < w[1].seq));
+    let ids = |records: Vec<mesh_proto::messages::control::AuditRecord>| {
+        records
+            .iter()
+            .map(|r| (r.host.clone(), r.event.at.as_secs()))
+            .collect::<Vec<_>>()
+    };
+    let alice = AuditFilter {
+        user: Some("alice".into()),
+        ..all(100)
+    };
+    assert_eq!(
+        ids(store.audit_events(&alice).await.unwrap()),
+        vec![
+            ("edge-01".to_owned(), 100),
+            ("edge-01".to_owned(), 400),
+            ("edge-02".to_owned(), 500)
+        ]
+    );
+    let edge_02 = AuditFilter {
+        host: Some("edge-02".into()),
+        ..all(100)
+    };
+    assert_eq!(ids(store.audit_events(&edge_02).await.unwrap()).len(), 1);
+    let since = AuditFilter {
+        since: Some(UnixTime::from_secs(300)),
+        ..all(100)
+    };
+    assert_eq!(
+        ids(store.audit_events(&since).await.unwrap())
+            .iter()
+            .map(|(_, at)| *at)
+            .collect::<Vec<_>>(),
+        vec![300, 400, 500]
+    );
+    // Pages: `after` the last seq of the previous one.
+    let first = store.audit_events(&all(2)).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let rest = store
+        .audit_events(&AuditFilter {
+            after: Some(first[1].seq),
+            ..all(100)
+        })
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 3);
+    assert_eq!(rest[0].seq, listed[2].seq);
 }
 
 #[tokio::test]

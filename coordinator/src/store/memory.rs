@@ -5,9 +5,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use mesh_proto::audit::AuditEvent;
+use mesh_proto::messages::control::AuditRecord;
 use mesh_proto::{NodeId, Revocation, RevocationTarget, UnixTime, UserId};
 
-use super::{Store, StoreError, StoreResult, host_name_taken, key_taken};
+use super::{AuditFilter, Store, StoreError, StoreResult, host_name_taken, key_taken};
 use crate::model::{Device, Host, HostSettings, Invite, InviteFor, Role, User};
 
 /// Everything in one mutex: each method holds it for its whole body, so each is atomic.
@@ -28,6 +30,8 @@ struct State {
     revocations: Vec<(Revocation, Vec<u8>)>,
     /// Revoked devices (key → user): their keys cannot enroll again.
     revoked_devices: BTreeMap<NodeId, UserId>,
+    /// Audit events in the order stored, with the uploading host's key.
+    audit: Vec<(NodeId, AuditRecord)>,
 }
 
 impl MemoryStore {
@@ -188,6 +192,50 @@ impl Store for MemoryStore {
             host.addrs = addrs.to_vec();
         }
         Ok(())
+    }
+
+    async fn add_audit_events(
+        &self,
+        key: NodeId,
+        host: &str,
+        events: &[AuditEvent],
+        now: UnixTime,
+    ) -> StoreResult<usize> {
+        let mut state = self.lock();
+        let mut new = 0;
+        for event in events {
+            let known = state
+                .audit
+                .iter()
+                .any(|(k, r)| *k == key && r.event.id == event.id);
+            if known {
+                continue;
+            }
+            let seq = state.audit.last().map_or(1, |(_, r)| r.seq + 1);
+            state.audit.push((
+                key,
+                AuditRecord {
+                    seq,
+                    host: host.to_owned(),
+                    received_at: now,
+                    event: event.clone(),
+                },
+            ));
+            new += 1;
+        }
+        Ok(new)
+    }
+
+    async fn audit_events(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
+        let state = self.lock();
+        Ok(state
+            .audit
+            .iter()
+            .map(|(_, r)| r)
+            .filter(|r| filter.after.is_none_or(|after| r.seq > after) && filter.matches(r))
+            .take(filter.limit)
+            .cloned()
+            .collect())
     }
 
     async fn add_revocation(&self, revocation: &Revocation, signed: &[u8]) -> StoreResult<()> {

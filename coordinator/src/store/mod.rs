@@ -14,6 +14,8 @@ mod conformance;
 use std::future::Future;
 use std::net::SocketAddr;
 
+use mesh_proto::audit::AuditEvent;
+use mesh_proto::messages::control::AuditRecord;
 use mesh_proto::{NodeId, Revocation, UnixTime, UserId};
 
 use crate::model::{Device, Host, HostSettings, Invite, Role, User};
@@ -44,6 +46,34 @@ pub enum StoreError {
 
 /// The result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Which audit events to list; every filter is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only this host's (by the name it had when the events were stored).
+    pub host: Option<String>,
+    /// Only this user's.
+    pub user: Option<String>,
+    /// Only events at or after this time.
+    pub since: Option<UnixTime>,
+    /// Only events stored after this sequence number.
+    pub after: Option<u64>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl AuditFilter {
+    /// Whether a stored event passes the filters other than `after` and `limit`.
+    fn matches(&self, record: &AuditRecord) -> bool {
+        let event = &record.event;
+        self.host.as_ref().is_none_or(|h| *h == record.host)
+            && self
+                .user
+                .as_ref()
+                .is_none_or(|u| event.user.as_ref().is_some_and(|e| e.name == *u))
+            && self.since.is_none_or(|t| event.at >= t)
+    }
+}
 
 /// The coordinator's state. Every method is atomic.
 pub trait Store: Send + Sync + 'static {
@@ -106,6 +136,22 @@ pub trait Store: Send + Sync + 'static {
     fn revocations(&self) -> impl Future<Output = StoreResult<Vec<Vec<u8>>>> + Send;
     /// Whether the device `key` was revoked.
     fn device_revoked(&self, key: NodeId) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Stores audit events from the host with `key` (named `host`), received at `now`. An
+    /// event whose id this host already uploaded is not stored again (a batch re-sent after
+    /// a lost ack). Returns how many were new.
+    fn add_audit_events(
+        &self,
+        key: NodeId,
+        host: &str,
+        events: &[AuditEvent],
+        now: UnixTime,
+    ) -> impl Future<Output = StoreResult<usize>> + Send;
+    /// Stored audit events passing `filter`, in the order they were stored.
+    fn audit_events(
+        &self,
+        filter: &AuditFilter,
+    ) -> impl Future<Output = StoreResult<Vec<AuditRecord>>> + Send;
 
     /// Adds or replaces a role.
     fn put_role(&self, role: &Role) -> impl Future<Output = StoreResult<()>> + Send;

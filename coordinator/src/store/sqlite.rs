@@ -10,11 +10,13 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use mesh_proto::audit::AuditEvent;
+use mesh_proto::messages::control::AuditRecord;
 use mesh_proto::{NodeId, Revocation, RevocationTarget, UnixTime, UserId};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqlitePool, Transaction};
 
-use super::{Store, StoreError, StoreResult, host_name_taken, key_taken};
+use super::{AuditFilter, Store, StoreError, StoreResult, host_name_taken, key_taken};
 use crate::model::{Device, Host, HostSettings, Invite, InviteFor, Role, User};
 
 /// Migrations, in order; the schema version is how many have run.
@@ -55,6 +57,20 @@ const MIGRATIONS: &[&str] = &[
          issued_at INTEGER NOT NULL);
      CREATE INDEX revocations_by_target ON revocations(target);
      ALTER TABLE devices ADD COLUMN revoked_at INTEGER;",
+    // 3: audit events from hosts, each stored once per (host key, event id) however often a
+    // host re-sends it; `seq` is the order stored, for paging.
+    "CREATE TABLE audit_events (
+         seq INTEGER PRIMARY KEY AUTOINCREMENT,
+         host_key TEXT NOT NULL,
+         id TEXT NOT NULL,
+         host TEXT NOT NULL,
+         user_name TEXT,
+         at INTEGER NOT NULL,
+         received_at INTEGER NOT NULL,
+         event TEXT NOT NULL,
+         UNIQUE (host_key, id));
+     CREATE INDEX audit_events_by_host ON audit_events(host, seq);
+     CREATE INDEX audit_events_by_user ON audit_events(user_name, seq);",
 ];
 
 /// The `meta` entry that marks a database as a mesh coordinator's.
@@ -539,6 +555,70 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?;
         Ok(())
+    }
+
+    async fn add_audit_events(
+        &self,
+        key: NodeId,
+        host: &str,
+        events: &[AuditEvent],
+        now: UnixTime,
+    ) -> StoreResult<usize> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut new = 0;
+        for event in events {
+            let done = sqlx::query(
+                "INSERT OR IGNORE INTO audit_events \
+                 (host_key, id, host, user_name, at, received_at, event) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(key.to_string())
+            .bind(event.id.to_string())
+            .bind(host)
+            .bind(event.user.as_ref().map(|u| u.name.clone()))
+            .bind(millis(event.at))
+            .bind(millis(now))
+            .bind(json(event)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            new += usize::try_from(done.rows_affected()).unwrap_or(0);
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(new)
+    }
+
+    async fn audit_events(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
+        let rows = sqlx::query(
+            "SELECT seq, host, received_at, event FROM audit_events \
+             WHERE seq > ? AND (? IS NULL OR host = ?) AND (? IS NULL OR user_name = ?) \
+             AND (? IS NULL OR at >= ?) ORDER BY seq LIMIT ?",
+        )
+        .bind(
+            filter
+                .after
+                .map_or(0, |a| i64::try_from(a).unwrap_or(i64::MAX)),
+        )
+        .bind(filter.host.as_deref())
+        .bind(filter.host.as_deref())
+        .bind(filter.user.as_deref())
+        .bind(filter.user.as_deref())
+        .bind(filter.since.map(millis))
+        .bind(filter.since.map(millis))
+        .bind(i64::try_from(filter.limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditRecord {
+                    seq: u64::try_from(row.try_get::<i64, _>("seq").map_err(db)?).unwrap_or(0),
+                    host: row.try_get("host").map_err(db)?,
+                    received_at: time(row.try_get("received_at").map_err(db)?),
+                    event: from_json("audit event", row.try_get("event").map_err(db)?)?,
+                })
+            })
+            .collect()
     }
 
     async fn add_revocation(&self, revocation: &Revocation, signed: &[u8]) -> StoreResult<()> {

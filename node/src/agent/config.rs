@@ -12,6 +12,11 @@
 //! max_sessions_per_user = 8        # sessions at once per mesh user
 //! idle_timeout = "30m"             # end sessions with no traffic for this long ("off": never)
 //! max_duration = "12h"             # end sessions after this long (a grant may say less)
+//!
+//! [audit]
+//! spool_limit = "64MiB"            # disk for events the coordinator has not acknowledged
+//! allow_sessions_without_audit = false  # when the spool is full: refuse sessions (false) or
+//!                                  # run them and record how many events were dropped (true)
 //! ```
 
 use std::net::SocketAddr;
@@ -40,6 +45,27 @@ pub struct AgentConfig {
     pub allowed_logins: Option<Vec<String>>,
     /// Session limits.
     pub limits: Limits,
+    /// The audit spool.
+    pub audit: AuditConfig,
+}
+
+/// The `[audit]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Bytes the spool may take.
+    pub spool_limit: u64,
+    /// Whether a full spool admits sessions (counting the events it drops) instead of
+    /// refusing them.
+    pub allow_sessions_without_audit: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            spool_limit: crate::audit::DEFAULT_SPOOL_LIMIT,
+            allow_sessions_without_audit: false,
+        }
+    }
 }
 
 impl Default for AgentConfig {
@@ -50,6 +76,7 @@ impl Default for AgentConfig {
             default_shell: None,
             allowed_logins: None,
             limits: Limits::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -65,6 +92,15 @@ struct File {
     allowed_logins: Option<Vec<String>>,
     #[serde(default)]
     limits: LimitsFile,
+    #[serde(default)]
+    audit: AuditFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditFile {
+    spool_limit: Option<String>,
+    allow_sessions_without_audit: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,12 +168,23 @@ impl AgentConfig {
                 ));
             }
         }
+        let audit = AuditConfig {
+            spool_limit: match file.audit.spool_limit.as_deref() {
+                None => defaults.audit.spool_limit,
+                Some(text) => byte_size("audit.spool_limit", text)?,
+            },
+            allow_sessions_without_audit: file
+                .audit
+                .allow_sessions_without_audit
+                .unwrap_or(defaults.audit.allow_sessions_without_audit),
+        };
         Ok(Self {
             listen: file.listen.unwrap_or(defaults.listen),
             trusted_ca_keys,
             default_shell: file.default_shell,
             allowed_logins: file.allowed_logins,
             limits,
+            audit,
         })
     }
 
@@ -161,6 +208,30 @@ fn positive(key: &str, value: Option<usize>) -> Result<Option<usize>, String> {
         Some(0) => Err(format!("{key} must be at least 1")),
         other => Ok(other),
     }
+}
+
+/// A size like "64MiB", "512KiB", "1GiB" or a plain number of bytes.
+fn byte_size(key: &str, text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => 0,
+    };
+    let size = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .filter(|n| *n > 0);
+    size.ok_or_else(|| {
+        format!("{key}: {text:?} is not a size like \"64MiB\", \"512KiB\" or a number of bytes")
+    })
 }
 
 fn duration(key: &str, text: &str) -> Result<Duration, String> {
@@ -197,6 +268,9 @@ mod tests {
             max_sessions_per_user = 2
             idle_timeout = "90s"
             max_duration = "2h"
+            [audit]
+            spool_limit = "2MiB"
+            allow_sessions_without_audit = true
             "#
         );
         let config = AgentConfig::parse(&text).unwrap();
@@ -211,6 +285,13 @@ mod tests {
                 max_sessions_per_user: 2,
                 idle_timeout: Some(Duration::from_secs(90)),
                 max_duration: Duration::from_secs(7200),
+            }
+        );
+        assert_eq!(
+            config.audit,
+            AuditConfig {
+                spool_limit: 2 << 20,
+                allow_sessions_without_audit: true,
             }
         );
         assert!(config.ca_keys().is_ok());
@@ -232,6 +313,9 @@ mod tests {
             ("[limits]\nmax_sessions = 0", "limits.max_sessions"),
             ("trusted_ca_keys = [\"abc\"]", "trusted_ca_keys"),
             ("default_shell = \"bash\"", "default_shell"),
+            ("[audit]\nspool_limit = \"lots\"", "audit.spool_limit"),
+            ("[audit]\nspool_limit = \"0MiB\"", "audit.spool_limit"),
+            ("[audit]\nspool_limt = \"1MiB\"", "spool_limt"),
         ] {
             let err = AgentConfig::parse(text).unwrap_err();
             assert!(err.contains(key), "{text}: {err}");

@@ -6,6 +6,9 @@
 //!   revocations).
 //! - [`revocations`]: what the host was told is revoked, kept across restarts.
 //!
+//! Audit events wait in the home's `audit/` spool ([`crate::audit`]) and are uploaded on the
+//! presence connection.
+//!
 //! The agent keeps no PTY and no shell in its own process: each session is a per-session
 //! process ([`ProcessBackend`]), so a crash or restart of the agent hangs sessions up cleanly
 //! instead of leaving them orphaned.
@@ -21,6 +24,7 @@ use std::sync::Arc;
 use mesh_proto::messages::SESSION_ALPN;
 use nix::unistd::Uid;
 
+use crate::audit::{AuditLog, SPOOL_DIR};
 use crate::control::{EnrolledAs, Enrollment};
 use crate::endpoint::Endpoint;
 use crate::error::Error;
@@ -88,6 +92,12 @@ pub async fn run(
     } else {
         None
     };
+    let audit = AuditLog::open(
+        &home.join(SPOOL_DIR),
+        config.audit.spool_limit,
+        config.audit.allow_sessions_without_audit,
+        state.clone(),
+    )?;
     let policy = HostPolicy {
         logins: login_policy(config.allowed_logins.clone()),
         default_shell: config
@@ -99,6 +109,7 @@ pub async fn run(
         state: state.clone(),
         revocations: revocations.clone(),
         temp_accounts,
+        audit: Some(audit.clone()),
     };
     let gate = Gate {
         host: key.node_id(),
@@ -124,6 +135,7 @@ pub async fn run(
             local,
             state.clone(),
             revocations.clone(),
+            audit.clone(),
         ))
     });
     endpoint

@@ -1,7 +1,8 @@
 //! A host's presence at the coordinator: one long-lived control stream over the agent's own
 //! endpoint (so the coordinator sees the address sessions arrive at), on which the host
 //! reports where it listens, learns its settings and the coordinator's time, and receives
-//! setting changes as they happen. It reconnects on its own, with backoff and jitter.
+//! setting changes as they happen. It reconnects on its own, with backoff and jitter. The same
+//! connection carries the audit uploads.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +13,8 @@ use mesh_proto::messages::control::{ControlMessage, Hello, Settings, TimeRequest
 use mesh_proto::{Clock, UnixTime};
 
 use super::revocations::Revocations;
+use crate::audit::AuditLog;
+use crate::audit::upload::upload_forever;
 use crate::control::{Enrollment, connect_coordinator};
 use crate::endpoint::Endpoint;
 use crate::error::Error;
@@ -109,10 +112,11 @@ pub async fn run_presence(
     listen: SocketAddr,
     state: Arc<HostState>,
     revocations: Arc<Revocations>,
+    audit: Arc<AuditLog>,
 ) {
     let mut backoff = FIRST_BACKOFF;
     loop {
-        match connect_once(&endpoint, &enrollment, listen, &state, &revocations).await {
+        match connect_once(&endpoint, &enrollment, listen, &state, &revocations, &audit).await {
             // It was up: start the backoff over.
             Ok(()) => backoff = FIRST_BACKOFF,
             Err(e) => tracing::info!("coordinator unreachable: {e}"),
@@ -131,6 +135,7 @@ async fn connect_once(
     listen: SocketAddr,
     state: &HostState,
     revocations: &Revocations,
+    audit: &AuditLog,
 ) -> Result<(), Error> {
     let conn = connect_coordinator(
         endpoint,
@@ -161,6 +166,22 @@ async fn connect_once(
         Some(ControlMessage::Failure(failure)) => return Err(Error::Refused(failure.message)),
         other => return Err(Error::Stream(format!("expected Welcome, got {other:?}"))),
     }
+    // Spooled audit events go up on streams of their own over the same connection; if an
+    // upload fails, the connection is started over (and the batch sent again).
+    let presence = presence_loop(&mut send, &mut recv, state, revocations);
+    tokio::select! {
+        result = presence => result,
+        result = upload_forever(audit, &conn) => result,
+    }
+}
+
+/// The presence stream after Welcome: pushes from the coordinator, and time checks.
+async fn presence_loop(
+    send: &mut quinn::SendStream,
+    recv: &mut FrameReader<quinn::RecvStream>,
+    state: &HostState,
+    revocations: &Revocations,
+) -> Result<(), Error> {
     let mut nonce = 0u64;
     let mut asked_at = None;
     let mut checks = tokio::time::interval(TIME_CHECK);
@@ -191,7 +212,7 @@ async fn connect_once(
             _ = checks.tick() => {
                 nonce += 1;
                 asked_at = Some((nonce, state.base.now()));
-                write_frame(&mut send, &ControlMessage::TimeRequest(TimeRequest { nonce })).await?;
+                write_frame(send, &ControlMessage::TimeRequest(TimeRequest { nonce })).await?;
             }
         }
     }

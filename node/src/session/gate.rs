@@ -99,6 +99,27 @@ impl Gate {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        match self
+            .admit_or_refuse(recv, send, client, resolve_uid)
+            .await?
+        {
+            Admission::Admitted(open, authorized) => Ok(Some((open, *authorized))),
+            Admission::Refused { .. } | Admission::NoOpen => Ok(None),
+        }
+    }
+
+    /// [`admit`](Self::admit), telling the caller what was refused and why (for the audit).
+    pub async fn admit_or_refuse<R, W>(
+        &self,
+        recv: &mut FrameReader<R>,
+        send: &mut W,
+        client: NodeId,
+        resolve_uid: &(dyn Fn(&str) -> Option<u32> + Sync),
+    ) -> Result<Admission, Error>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         let open = match recv.next::<SessionMessage>().await? {
             Some(SessionMessage::Open(open)) => open,
             Some(other) => {
@@ -106,19 +127,38 @@ impl Gate {
                     "a session must start with Open, got {other:?}"
                 )));
             }
-            None => return Ok(None),
+            None => return Ok(Admission::NoOpen),
         };
         match self.check(&open, client, resolve_uid) {
-            Ok(authorized) => Ok(Some((open, authorized))),
+            Ok(authorized) => Ok(Admission::Admitted(open, Box::new(authorized))),
             Err(reason) => {
-                write_frame(send, &SessionMessage::Refused(Refused { reason })).await?;
+                let refused = SessionMessage::Refused(Refused {
+                    reason: reason.clone(),
+                });
+                write_frame(send, &refused).await?;
                 send.shutdown()
                     .await
                     .map_err(|e| Error::Stream(e.to_string()))?;
-                Ok(None)
+                Ok(Admission::Refused { open, reason })
             }
         }
     }
+}
+
+/// What the gate made of a session stream.
+#[derive(Debug)]
+pub enum Admission {
+    /// The grant holds.
+    Admitted(Open, Box<Authorized>),
+    /// Refused (the client has been told).
+    Refused {
+        /// What the client asked.
+        open: Open,
+        /// Why not.
+        reason: Refusal,
+    },
+    /// The stream ended before an `Open`.
+    NoOpen,
 }
 
 /// This machine's uid for `login`, from the system's user database.

@@ -16,17 +16,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use mesh_proto::NodeId;
+use mesh_proto::audit::AuditKind;
 use mesh_proto::messages::agent::Start;
 use mesh_proto::messages::session::{
-    Closed, Data, Eof, LoginRequest, Open, Opened, Refusal, Refused, SessionMessage, Stream,
+    Closed, Data, Eof, ExitStatus, LoginRequest, Open, Opened, Refusal, Refused, SessionMessage,
+    Stream,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::gate::{Authorized, Gate, system_uid};
+use super::gate::{Admission, Authorized, Gate, system_uid};
 use super::hangup::HANGUP_GRACE;
 use super::limits::{SessionCounter, SessionEnd, session_deadline, until_expiry};
 use super::process::spawn_session_process;
+use crate::audit::{AuditLog, SessionAudit, Subject};
 use crate::endpoint::Connection;
 use crate::error::Error;
 use crate::framed::{FrameReader, write_frame};
@@ -149,6 +152,8 @@ pub struct HostPolicy {
     /// Where temporary accounts come from; `None` when this host cannot make them (its agent
     /// is not root, or it is simulated).
     pub temp_accounts: Option<Arc<TempAccounts>>,
+    /// Where sessions and refusals are recorded; `None`: not audited (tests, demos).
+    pub audit: Option<Arc<AuditLog>>,
 }
 
 /// Serves sessions on authenticated connections.
@@ -197,16 +202,26 @@ impl<B: SessionBackend> SessionHost<B> {
         R: AsyncRead + Send + Unpin,
     {
         let mut recv = FrameReader::new(recv);
-        let Some((open, authorized)) = self
+        let (open, authorized) = match self
             .gate
-            .admit(&mut recv, &mut send, client, &system_uid)
+            .admit_or_refuse(&mut recv, &mut send, client, &system_uid)
             .await?
-        else {
-            return Ok(());
+        {
+            Admission::Admitted(open, authorized) => (open, *authorized),
+            Admission::Refused { open, reason } => {
+                let reason = match reason {
+                    Refusal::Grant(rejection) => rejection.to_string(),
+                    Refusal::Host(reason) => reason,
+                };
+                self.audit_refusal(client, None, &open, &reason);
+                return Ok(());
+            }
+            Admission::NoOpen => return Ok(()),
         };
         let grant = &authorized.grant.grant;
         let refuse = async |send: &mut S, reason: String| {
             tracing::info!(client = %client.short(), user = %grant.user_name, "refused: {reason}");
+            self.audit_refusal(client, Some(grant), &open, &reason);
             let refused = SessionMessage::Refused(Refused {
                 reason: Refusal::Host(reason),
             });
@@ -214,7 +229,12 @@ impl<B: SessionBackend> SessionHost<B> {
             let _ = send.shutdown().await;
             Ok(())
         };
-        let (mut start, slot) = match self.decide(&open, &authorized) {
+        let decided = self.decide(&open, &authorized).and_then(|(start, slot)| {
+            // Room for the session's start and end in the audit spool, or no session.
+            let audit = self.policy.audit.as_ref().map(AuditLog::admit_session);
+            Ok((start, slot, audit.transpose()?))
+        });
+        let (mut start, slot, mut audit) = match decided {
             Ok(decided) => decided,
             Err(reason) => return refuse(&mut send, reason).await,
         };
@@ -243,6 +263,20 @@ impl<B: SessionBackend> SessionHost<B> {
             }
         };
         let session_id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
+        let subject = Subject {
+            device: client,
+            grant: Some(grant),
+            login: Some(&login),
+        };
+        // Recorded (fsync'd) before the client hears Opened.
+        record_session(
+            &mut audit,
+            AuditKind::SessionStarted,
+            subject,
+            session_id,
+            "",
+            |_| {},
+        );
         tracing::info!(session_id, client = %client.short(), user = %grant.user_name, %login, "session started");
         write_frame(&mut send, &SessionMessage::Opened(Opened { session_id })).await?;
         let limits = *self.policy.counter.limits();
@@ -263,13 +297,56 @@ impl<B: SessionBackend> SessionHost<B> {
                 () = temp_users_off => "temporary users were turned off on this host".to_owned(),
             }
         };
-        let outcome = relay(&mut recv, &mut send, link, deadline, ended_by_host).await;
+        let tally = Tally::default();
+        let outcome = relay(&mut recv, &mut send, link, deadline, ended_by_host, &tally).await;
         ended.await;
         release(lease).await;
+        let reason = match &outcome {
+            Ok(end) => end.describe(),
+            Err(e) => format!("relay failed: {e}"),
+        };
+        record_session(
+            &mut audit,
+            AuditKind::SessionEnded,
+            subject,
+            session_id,
+            &reason,
+            |event| {
+                event.exit = tally.exit();
+                event.bytes_up = tally.up.load(Ordering::Relaxed);
+                event.bytes_down = tally.down.load(Ordering::Relaxed);
+            },
+        );
+        drop(audit);
         drop(slot);
         let _ = send.shutdown().await;
         tracing::info!(session_id, "session ended: {outcome:?}");
         outcome.map(|_| ())
+    }
+
+    /// Records a refused session, if this host audits.
+    fn audit_refusal(
+        &self,
+        client: NodeId,
+        grant: Option<&mesh_proto::Grant>,
+        open: &Open,
+        reason: &str,
+    ) {
+        let Some(log) = &self.policy.audit else {
+            return;
+        };
+        let login = match &open.login {
+            LoginRequest::Named(name) => Some(name.as_str()),
+            LoginRequest::Temporary => None,
+        };
+        let subject = Subject {
+            device: client,
+            grant,
+            login,
+        };
+        if let Some(event) = log.event(AuditKind::Refused, subject, reason) {
+            log.record(event);
+        }
     }
 
     /// The host's own checks after the grant's: the login, then the limits. Returns what to
@@ -354,7 +431,7 @@ async fn release(lease: Option<TempLease>) {
 }
 
 /// How a relayed session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayEnd {
     /// The session's program ended and everything it said reached the client.
     Finished,
@@ -362,8 +439,64 @@ pub enum RelayEnd {
     ClientGone,
     /// The host ended it at a limit.
     Ended(SessionEnd),
-    /// Its grant, device or user was revoked.
-    Revoked,
+    /// The host ended it for a reason outside the session: its grant, device or user was
+    /// revoked, or its temporary account was withdrawn (the reason, in words).
+    EndedByHost(String),
+}
+
+impl RelayEnd {
+    /// How the session ended, in words, for the audit.
+    fn describe(&self) -> String {
+        match self {
+            Self::Finished => "finished".to_owned(),
+            Self::ClientGone => "the client went away".to_owned(),
+            Self::Ended(why) => why.to_string(),
+            Self::EndedByHost(reason) => reason.clone(),
+        }
+    }
+}
+
+/// Records one of a session's events in its reserved audit room, after `fill` adds what only
+/// the caller knows.
+fn record_session(
+    audit: &mut Option<SessionAudit>,
+    kind: AuditKind,
+    subject: Subject<'_>,
+    session_id: u64,
+    reason: &str,
+    fill: impl FnOnce(&mut mesh_proto::audit::AuditEvent),
+) {
+    let Some(audit) = audit else {
+        return;
+    };
+    if let Some(mut event) = audit.log().event(kind, subject, reason) {
+        event.session = Some(session_id);
+        fill(&mut event);
+        audit.record(event);
+    }
+}
+
+/// What a relay saw pass, for the audit: bytes each way and the exit status.
+#[derive(Debug, Default)]
+struct Tally {
+    up: AtomicU64,
+    down: AtomicU64,
+    exit: std::sync::Mutex<Option<ExitStatus>>,
+}
+
+impl Tally {
+    fn data(&self, counter: &AtomicU64, message: &SessionMessage) {
+        if let SessionMessage::Data(data) = message {
+            counter.fetch_add(data.bytes.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn exit(&self) -> Option<ExitStatus> {
+        *self
+            .exit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Relays frames between the client's stream and the session's link until the session's side
@@ -378,7 +511,8 @@ async fn relay<C, S, L>(
     client_send: &mut S,
     link: L,
     deadline: impl Fn(Instant, Instant) -> (Instant, SessionEnd),
-    revoked: impl Future<Output = String>,
+    ended_by_host: impl Future<Output = String>,
+    tally: &Tally,
 ) -> Result<RelayEnd, Error>
 where
     C: AsyncRead + Unpin,
@@ -413,6 +547,7 @@ where
                     if matches!(message, SessionMessage::Data(_)) {
                         activity.touch();
                     }
+                    tally.data(&tally.up, &message);
                     tokio::select! {
                         biased;
                         () = hang_up.notified() => break,
@@ -435,7 +570,7 @@ where
         let _ = link_write.shutdown().await;
     };
 
-    tokio::pin!(revoked);
+    tokio::pin!(ended_by_host);
     let downstream = async {
         // Set once the session is being hung up: how long it has left to end on its own.
         let mut drain_until: Option<Instant> = None;
@@ -448,6 +583,11 @@ where
                     Ok(Some(message)) => {
                         if matches!(message, SessionMessage::Data(_)) {
                             activity.touch();
+                        }
+                        tally.data(&tally.down, &message);
+                        if let SessionMessage::Exited(status) = message {
+                            *tally.exit.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                                Some(status);
                         }
                         let client_there = !matches!(
                             *end.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
@@ -475,10 +615,11 @@ where
                         hang_up.notify_one();
                     }
                 }
-                reason = &mut revoked, if drain_until.is_none() => {
+                reason = &mut ended_by_host, if drain_until.is_none() => {
                     drain_until = Some(Instant::now() + SESSION_PROCESS_EXIT);
-                    set_end(RelayEnd::Revoked);
-                    let reason = format!("the host ended the session: {reason}");
+                    let closed_reason = format!("the host ended the session: {reason}");
+                    set_end(RelayEnd::EndedByHost(reason));
+                    let reason = closed_reason;
                     let closed = SessionMessage::Closed(Closed { reason });
                     let _ = write_frame(client_send, &closed).await;
                     hang_up.notify_one();
@@ -494,7 +635,7 @@ where
     let ((), result) = tokio::join!(upstream, downstream);
     result?;
     let end = end
-        .lock()
+        .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     Ok(end.unwrap_or(RelayEnd::Finished))
 }
@@ -562,6 +703,7 @@ mod tests {
                 mesh_proto::CaKeySet::single(fixture().ca.public_key()),
             ),
             temp_accounts: None,
+            audit: None,
         }
     }
 
@@ -978,5 +1120,149 @@ mod tests {
         let mut session = host.open("true").await;
         let reason = refusal(&session.rest().await);
         assert!(reason.contains("allowed_logins"), "{reason}");
+    }
+
+    /// A policy auditing into a spool in `dir`.
+    fn audited(dir: &std::path::Path, limit: u64, allow: bool) -> (HostPolicy, Arc<AuditLog>) {
+        let log = AuditLog::open(dir, limit, allow, Arc::new(mesh_proto::SystemClock)).unwrap();
+        let policy = HostPolicy {
+            audit: Some(log.clone()),
+            ..test_policy(Limits::default())
+        };
+        (policy, log)
+    }
+
+    /// Everything spooled, acknowledging (deleting) it as an uploader would.
+    fn drain(log: &AuditLog) -> Vec<mesh_proto::audit::AuditEvent> {
+        let mut out = Vec::new();
+        while let Some((seq, events)) = log.next_batch().unwrap() {
+            out.extend(events);
+            log.acknowledged(seq).unwrap();
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn sessions_and_refusals_are_recorded_with_exit_status_bytes_and_reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        let (policy, log) = audited(dir.path(), 1 << 20, false);
+        let host = start(policy).await;
+        let mut session = host.open("cat; exit 5").await;
+        session
+            .send(SessionMessage::Data(Data {
+                stream: Stream::Stdin,
+                bytes: b"12345\n".to_vec(),
+            }))
+            .await;
+        session
+            .send(SessionMessage::Eof(Eof {
+                stream: Stream::Stdin,
+            }))
+            .await;
+        let frames = session.rest().await;
+        assert_eq!(
+            frames.last(),
+            Some(&SessionMessage::Exited(ExitStatus::Code(5)))
+        );
+        // A grant for another host: refused at the gate.
+        let mut other = host.granted.clone();
+        other.host = mesh_proto::SecretKey::from_seed(&[9; 32]).node_id();
+        let mut refused = Running { ..host };
+        refused.grant = refused.ca.sign_grant(&other).unwrap();
+        let _ = refused.open("true").await.rest().await;
+
+        let events = drain(&log);
+        let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                AuditKind::SessionStarted,
+                AuditKind::SessionEnded,
+                AuditKind::Refused
+            ],
+            "{events:?}"
+        );
+        let (started, ended, gate) = (&events[0], &events[1], &events[2]);
+        assert_eq!(started.session, ended.session);
+        assert_eq!(started.grant, Some(refused.granted.id));
+        assert_eq!(started.user.as_ref().unwrap().name, "alice");
+        assert_eq!(started.login.as_deref(), Some(current_user().name.as_str()));
+        assert_eq!(ended.exit, Some(ExitStatus::Code(5)));
+        assert_eq!(ended.bytes_up, 6);
+        assert_eq!(ended.bytes_down, 6);
+        assert_eq!(ended.reason, "finished");
+        // A grant that failed its check is no evidence of who the user is.
+        assert_eq!(gate.user, None);
+        assert_eq!(gate.grant, None);
+        assert!(gate.reason.contains("host"), "{}", gate.reason);
+        assert!(events.iter().all(|e| e.device.is_some()));
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_refuses_sessions_with_the_reason_before_anything_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (policy, log) = audited(dir.path(), 3 * crate::audit::spool::MAX_RECORD, false);
+        let host = start_with(policy, FakeShellBackend).await;
+        let mut ran = 0;
+        let reason = loop {
+            assert!(ran < 20, "never full");
+            let frames = host.open("echo hi").await.rest().await;
+            match frames.first() {
+                Some(SessionMessage::Opened(_)) => ran += 1,
+                _ => break refusal(&frames),
+            }
+        };
+        assert_eq!(reason, crate::audit::SPOOL_FULL);
+        assert!(ran >= 1);
+        // Every session that ran has its start and end.
+        let mut events = drain(&log);
+        let ended = events
+            .iter()
+            .filter(|e| e.kind == AuditKind::SessionEnded)
+            .count();
+        assert_eq!(ended, ran, "{events:?}");
+        // With room again (uploaded), sessions run; the refusal is there, or, if even it did
+        // not fit, the count of dropped events is.
+        let frames = host.open("echo hi").await.rest().await;
+        assert!(matches!(frames.first(), Some(SessionMessage::Opened(_))));
+        events.extend(drain(&log));
+        let accounted = events.iter().any(|e| {
+            matches!(e.kind, AuditKind::Dropped { .. })
+                || (e.kind == AuditKind::Refused && e.reason == crate::audit::SPOOL_FULL)
+        });
+        assert!(accounted, "{events:?}");
+    }
+
+    #[tokio::test]
+    async fn when_allowed_a_full_spool_admits_sessions_and_the_dropped_count_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (policy, log) = audited(dir.path(), 3 * crate::audit::spool::MAX_RECORD, true);
+        let host = start_with(policy, FakeShellBackend).await;
+        for _ in 0..60 {
+            let frames = host.open("echo hi").await.rest().await;
+            assert!(
+                matches!(frames.first(), Some(SessionMessage::Opened(_))),
+                "{frames:?}"
+            );
+            if log.dropped() > 0 {
+                break;
+            }
+        }
+        // One more, wholly unaudited.
+        let frames = host.open("echo hi").await.rest().await;
+        assert!(matches!(frames.first(), Some(SessionMessage::Opened(_))));
+        let lost = log.dropped();
+        assert!(lost >= 2, "the spool never filled");
+        let events = drain(&log);
+        let recorded: u64 = events
+            .iter()
+            .chain(drain(&log).iter())
+            .map(|e| match e.kind {
+                AuditKind::Dropped { count } => count,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(recorded, lost, "{events:?}");
+        assert_eq!(log.dropped(), 0);
     }
 }

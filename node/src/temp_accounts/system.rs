@@ -48,7 +48,8 @@ fn run(tool: &str, args: &[&str]) -> Result<(), String> {
     ))
 }
 
-/// Finds `tool` on [`TOOL_PATH`].
+/// Finds `tool` on the fixed tool path (`/usr/sbin:/usr/bin:/sbin:/bin`), never on the
+/// agent's own `PATH`.
 pub fn find_tool(tool: &str) -> Option<PathBuf> {
     TOOL_PATH
         .split(':')

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{AuditEvent, MAX_AUDIT_BATCH};
 use crate::codec::bounded_vec;
 use crate::id::NodeId;
 use crate::time::UnixTime;
@@ -86,6 +87,14 @@ crate::wire_messages! {
         31 => RoleRemove(RoleRemove),
         /// Admin → coordinator: revoke a grant, a device or a user.
         32 => RevokeRequest(RevokeRequest),
+        /// Host → coordinator: audit events to store (on a stream of their own).
+        33 => AuditUpload(AuditUpload),
+        /// Coordinator → host: every event of the upload is stored; the host may delete them.
+        34 => AuditAck(AuditAck),
+        /// Admin → coordinator: list audit events.
+        35 => AuditQuery(AuditQuery),
+        /// Coordinator → admin: one page of audit events.
+        36 => AuditList(AuditList),
     }
 }
 
@@ -540,4 +549,64 @@ pub enum RevokeWhat {
 pub struct RevokeRequest {
     /// What.
     pub what: RevokeWhat,
+}
+
+/// Audit events a host uploads. The host is the connection's proven key, never a field.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct AuditUpload {
+    /// The events, oldest first.
+    #[serde(deserialize_with = "bounded_vec::<_, _, MAX_AUDIT_BATCH>")]
+    #[cfg_attr(test, proptest(strategy = "crate::messages::tests::vec_up_to(4)"))]
+    pub events: Vec<AuditEvent>,
+}
+
+/// The coordinator stored every event of an upload (new ones, and ones it already had).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct AuditAck {
+    /// How many events the upload carried; the host checks it against what it sent.
+    pub received: u32,
+    /// How many of them were new (the rest had been stored before: a re-sent batch).
+    pub new: u32,
+}
+
+/// List audit events, oldest stored first; every filter is optional.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct AuditQuery {
+    /// Only events of this host.
+    pub host: Option<String>,
+    /// Only events of this user.
+    pub user: Option<String>,
+    /// Only events at or after this time.
+    pub since: Option<UnixTime>,
+    /// Only events stored after this sequence number (the last of the previous page).
+    pub after: Option<u64>,
+}
+
+/// One stored audit event.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct AuditRecord {
+    /// The coordinator's sequence number, in the order events were stored.
+    pub seq: u64,
+    /// The host's name when the event was stored.
+    pub host: String,
+    /// When the coordinator stored it.
+    pub received_at: UnixTime,
+    /// The event.
+    pub event: AuditEvent,
+}
+
+/// A page of audit events.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct AuditList {
+    /// Events, by sequence number.
+    #[serde(deserialize_with = "bounded_vec::<_, _, MAX_AUDIT_BATCH>")]
+    #[cfg_attr(test, proptest(strategy = "crate::messages::tests::vec_up_to(4)"))]
+    pub records: Vec<AuditRecord>,
+    /// Whether more match: ask again with `after` set to the last `seq`.
+    pub more: bool,
 }
