@@ -7,6 +7,7 @@
 pub mod fleet;
 pub mod hosts;
 pub mod namespace;
+pub mod tmux;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

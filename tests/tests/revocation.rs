@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use mesh_tests::fleet::{Daemon, Fleet, mesh_in, run_in, text};
 use mesh_tests::hosts::current_login;
+use mesh_tests::tmux::{LOCAL_PROMPT, Tmux};
 
 /// A role that may run commands as the test's own account on every host.
 fn add_ops_role(fleet: &Fleet) {
@@ -109,6 +110,49 @@ fn revoking_a_user_ends_their_open_session_within_five_seconds() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn revoking_a_user_ends_their_open_shell_in_a_terminal_within_five_seconds() {
+    if !mesh_tests::tmux::installed() {
+        mesh_tests::skip_test("tmux is not installed (apt-get install tmux)");
+        return;
+    }
+    let fleet = Fleet::start();
+    let _host = fleet.add_host("edge-01");
+    add_ops_role(&fleet);
+    fleet.add_user("olga", "ops");
+    // A script keeps the typed line short.
+    let script = fleet.home("olga").join("shell-to-edge");
+    std::fs::write(
+        &script,
+        format!(
+            "exec '{}' --home '{}' shell edge-01 --login '{}'\n",
+            mesh_tests::mesh_bin().display(),
+            fleet.home("olga").display(),
+            current_login()
+        ),
+    )
+    .unwrap();
+    let tmux = Tmux::start("revoke-shell");
+    tmux.wait_for_text(LOCAL_PROMPT);
+    tmux.type_line(&format!(
+        "sh '{}'; echo \"client-exit=$?\"",
+        script.display()
+    ));
+    tmux.wait_for_raw_mode(String::new);
+    tmux.type_line("echo shell-is-\"\"open");
+    tmux.wait_for_text("shell-is-open");
+
+    let out = fleet.admin(&["revoke", "user", "olga"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let revoked_at = Instant::now();
+    let code = tmux.wait_for_client_exit();
+    let took = revoked_at.elapsed();
+    eprintln!("the shell ended {took:?} after the revocation (screen polled every 50 ms)");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(code, 255, "{}", tmux.screen());
+    assert!(tmux.screen().contains("revoked"), "{}", tmux.screen());
 }
 
 #[test]
