@@ -34,6 +34,20 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a user name: [`check_name`], and not the prefix of hosts' temporary accounts (a user
+/// named like one could otherwise ask to log in as someone's temporary root account).
+pub fn check_user_name(name: &str) -> Result<(), String> {
+    check_name("user", name)?;
+    if name.starts_with(mesh_node::temp_accounts::NAME_PREFIX) {
+        return Err(format!(
+            "user name {name:?} is reserved: names starting with {} are hosts' temporary \
+             accounts",
+            mesh_node::temp_accounts::NAME_PREFIX
+        ));
+    }
+    Ok(())
+}
+
 /// A person with an account on the mesh.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
@@ -356,6 +370,14 @@ mod tests {
         };
         assert!(labels(&[("site", "oslo")]).selects(&edge));
         assert!(!labels(&[("site", "oslo"), ("tier", "dev")]).selects(&edge));
+    }
+
+    #[test]
+    fn user_names_cannot_look_like_temporary_accounts() {
+        assert!(check_user_name("olga").is_ok());
+        let err = check_user_name("mesh-tmp-3").unwrap_err();
+        assert!(err.contains("reserved"), "{err}");
+        assert!(check_user_name("Olga").is_err());
     }
 
     #[test]

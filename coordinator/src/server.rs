@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::model::{
     Host, HostSelector, HostSettings, Invite, InviteFor, LOGIN_ANY, LOGIN_SELF, Permission, Role,
-    User, check_name,
+    User, check_name, check_user_name,
 };
 use crate::policy::{Request, authorize};
 use crate::store::{AuditFilter, Store, StoreError};
@@ -273,7 +273,7 @@ impl<S: Store> Coordinator<S> {
                 Ok(ControlMessage::UserList(UserList { users }))
             }
             ControlMessage::UserAdd(UserAdd { name, role }) => {
-                check_name("user", &name)?;
+                check_user_name(&name)?;
                 store
                     .add_user(&name, &role, self.now())
                     .await
@@ -579,7 +579,7 @@ impl<S: Store> Coordinator<S> {
                 (InviteFor::Host { name, labels }, TokenKind::Host)
             }
             InviteTarget::User { name, role } => {
-                check_name("user", &name)?;
+                check_user_name(&name)?;
                 if self.store.role(&role).await.map_err(store_error)?.is_none() {
                     return Err(format!("no role {role} (see `mesh role list`)"));
                 }

@@ -70,6 +70,14 @@ impl Staged {
             .map_err(|e| io("cannot write", path, e.error))?;
         sync_parent(path)
     }
+
+    /// Like [`commit`](Self::commit), but fails if `path` exists: never replaces a file.
+    pub fn commit_new(self, path: &Path) -> Result<(), Error> {
+        self.temp
+            .persist_noclobber(path)
+            .map_err(|e| io("cannot write", path, e.error))?;
+        sync_parent(path)
+    }
 }
 
 /// Replaces `path` with `bytes` (permissions `mode`) as described in the module docs.

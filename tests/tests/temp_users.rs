@@ -73,7 +73,12 @@ impl TempHost {
     }
 
     fn role(&self, name: &str, permissions: &[&str]) {
-        let mut args = vec!["role", "add", name, "--hosts", "*", "--login", "nobody"];
+        self.role_with_login(name, permissions, "nobody");
+    }
+
+    /// The role `name` on every host with `permissions` and the one login `login`.
+    fn role_with_login(&self, name: &str, permissions: &[&str], login: &str) {
+        let mut args = vec!["role", "add", name, "--hosts", "*", "--login", login];
         for p in permissions {
             args.extend(["--permission", p]);
         }
@@ -190,6 +195,10 @@ impl Seen {
             fields[4].starts_with("mesh temporary account for "),
             "the GECOS mark: {entry}"
         );
+        assert_eq!(
+            fields[2], fields[3],
+            "the account's group has the same never-reused id as its uid: {entry}"
+        );
         let seen = Self {
             name,
             uid: fields[2].parse().unwrap(),
@@ -208,6 +217,10 @@ impl Seen {
         let mut left = Vec::new();
         if let Some(entry) = ns.passwd(&self.name) {
             left.push(format!("account: {entry}"));
+        }
+        let group = ns.run("getent", &["group", &self.name]);
+        if group.status.success() {
+            left.push(format!("group: {}", text(&group.stdout).trim()));
         }
         if ns.exists(&self.home) {
             left.push(format!("home {}", self.home.display()));
@@ -303,6 +316,19 @@ fn namespace_temp_session_has_root_and_temp_users_off_removes_everything_within_
         host.ledger().contains(&olga_account.name),
         "{}",
         host.ledger()
+    );
+    // A user whose role allows any login still cannot name someone's temporary account.
+    host.role_with_login("any-login", &["exec"], "*");
+    host.fleet.add_user("ivan", "any-login");
+    let out = run_in(
+        &host.fleet.home("ivan"),
+        &["exec", "edge", "--login", &olga_account.name, "--", "id"],
+    );
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("is a temporary account"),
+        "{}",
+        text(&out.stderr)
     );
 
     let off = Instant::now();
@@ -409,6 +435,33 @@ fn namespace_temp_session_ends_at_grant_expiry_with_the_coordinator_stopped() {
         "grant expiry → session ended {:?} after minting a {ttl:?} grant; account gone {took:?} later",
         ended.duration_since(minted)
     );
+}
+
+#[test]
+fn namespace_stopping_the_agent_removes_its_temporary_accounts_and_escaped_processes() {
+    require_namespaces!();
+    let mut host = TempHost::start();
+    host.temp_users(true);
+    // A process that left the session's Unix session: the session's hangup does not reach
+    // it, only killing the uid does.
+    let mut session = host.spawn_temp(
+        "olga",
+        &[],
+        "id -un; setsid sh -c 'while :; do sleep 1; done' </dev/null >/dev/null 2>&1 & \
+         echo ready; exec sleep 1000",
+    );
+    let (account, _) = Seen::from_session(&host, &mut session);
+    account.assert_exists(&host.ns);
+    let status = host.agent.as_mut().unwrap().stop();
+    assert!(status.success(), "the agent's exit: {status}");
+    let left = account.leftovers(&host.ns);
+    assert!(
+        left.is_empty(),
+        "left after the agent stopped: {left:?}\n{}",
+        host.agent().log()
+    );
+    assert!(!host.ledger().contains("mesh-tmp-"), "{}", host.ledger());
+    let _ = session.wait();
 }
 
 #[test]

@@ -108,7 +108,7 @@ pub async fn run(
         counter: SessionCounter::new(config.limits),
         state: state.clone(),
         revocations: revocations.clone(),
-        temp_accounts,
+        temp_accounts: temp_accounts.clone(),
         audit: Some(audit.clone()),
     };
     let gate = Gate {
@@ -142,6 +142,11 @@ pub async fn run(
         .accept_until(shutdown, |conn| sessions.clone().serve_connection(conn))
         .await;
     tracing::info!("mesh agent stopping; open sessions are hung up");
+    // Sessions end with the agent, and their temporary accounts (and sudo rules) with them,
+    // even if a session's own release has not run by the time the runtime is dropped.
+    if let Some(accounts) = &temp_accounts {
+        accounts.remove_all().await;
+    }
     if let Some(presence) = presence {
         presence.abort();
     }

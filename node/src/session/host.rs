@@ -365,7 +365,13 @@ impl<B: SessionBackend> SessionHost<B> {
             );
         }
         let login = match (&open.login, &authorized.login) {
-            (LoginRequest::Named(_), Some((login, _))) => {
+            (LoginRequest::Named(_), Some((login, uid))) => {
+                if crate::temp_accounts::is_temporary_login(login, *uid) {
+                    return Err(format!(
+                        "login {login:?} is a temporary account; only its own user's `--temp` \
+                         sessions may use it"
+                    ));
+                }
                 if !self.policy.logins.allows(login) {
                     return Err(format!(
                         "login {login:?} is not allowed on this host (allowed_logins in its \

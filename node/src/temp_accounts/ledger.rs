@@ -29,6 +29,11 @@ pub const FIRST_TEMP_UID: u32 = 1_900_000_000;
 /// The last uid of the range; past it, temporary accounts are refused.
 pub const LAST_TEMP_UID: u32 = 2_000_000_000;
 
+/// What to do about a damaged ledger, for its error messages.
+pub const DAMAGED_ADVICE: &str = "remove the mesh-tmp-* accounts, their homes and \
+     /etc/sudoers.d drop-ins by hand, then rewrite the file keeping only `next_uid` (a new \
+     ledger restarting at the first uid could hand out a uid whose files remain)";
+
 /// One temporary account the agent made (or was about to make).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerEntry {
@@ -71,8 +76,7 @@ impl Ledger {
         toml::from_str(&text).map_err(|e| Error::Config {
             path: path.to_owned(),
             reason: format!(
-                "{}; the temporary-account ledger is damaged: check the accounts named \
-                 mesh-tmp-* by hand, then move the file away",
+                "{}; the temporary-account ledger is damaged; {DAMAGED_ADVICE}",
                 e.message()
             ),
         })

@@ -1,5 +1,5 @@
-//! The Unix side of temporary accounts: `useradd`/`userdel`, the sudoers drop-in and killing
-//! every process of a uid. Everything here blocks and needs root; the manager runs it on a
+//! The Unix side of temporary accounts: `groupadd`/`useradd`/`userdel`/`groupdel`, the sudoers
+//! drop-in and killing every process of a uid. Everything here blocks and needs root; the manager runs it on a
 //! blocking thread.
 //!
 //! The tools run with an empty environment and a fixed `PATH`, and their stderr becomes the
@@ -26,6 +26,8 @@ const TOOL_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 const KILL_PASSES: usize = 100;
 /// The pause between passes, for killed processes to be reaped.
 const KILL_PAUSE: Duration = Duration::from_millis(10);
+/// How many surviving processes an error message names.
+const MAX_DESCRIBED: usize = 8;
 
 /// Runs `tool args...`; `Err` carries its stderr (or why it could not start) in one line.
 fn run(tool: &str, args: &[&str]) -> Result<(), String> {
@@ -57,32 +59,72 @@ pub fn find_tool(tool: &str) -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
-/// What the user database says of `name` now.
-pub fn passwd_entry(name: &str) -> Option<PasswdEntry> {
-    let user = nix::unistd::User::from_name(name).ok().flatten()?;
-    Some(PasswdEntry {
+/// What the user database says of `name` now. A lookup that fails is an error, not "no such
+/// account": deciding on a guess could forget a live account or delete the wrong one.
+pub fn passwd_entry(name: &str) -> Result<Option<PasswdEntry>, String> {
+    let user = nix::unistd::User::from_name(name)
+        .map_err(|e| format!("cannot look up the account {name}: {e}"))?;
+    Ok(user.map(|user| PasswdEntry {
         uid: user.uid.as_raw(),
         gecos: user.gecos.to_string_lossy().into_owned(),
-    })
+    }))
 }
 
-/// Whether some account has `uid`.
+/// Whether some account has the uid `id` or some group the gid `id` (temporary accounts get
+/// both, equal). When the databases cannot be read, it counts as taken.
+pub fn id_taken(id: u32) -> bool {
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(id));
+    let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(id));
+    !matches!((user, group), (Ok(None), Ok(None)))
+}
+
+/// Whether some account has the uid `uid` (when the database cannot be read, it counts as
+/// taken).
 pub fn uid_taken(uid: u32) -> bool {
-    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .is_some()
+    !matches!(
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+        Ok(None)
+    )
 }
 
-/// Creates `name` with `uid`, a group of its own, a fresh home and `gecos` as its mark.
-pub fn create_account(name: &str, uid: u32, gecos: &str, shell: &str) -> Result<(), String> {
-    let uid = uid.to_string();
-    run(
+/// The gid of the group `name`, if there is one.
+fn group_gid(name: &str) -> Result<Option<u32>, String> {
+    nix::unistd::Group::from_name(name)
+        .map(|group| group.map(|g| g.gid.as_raw()))
+        .map_err(|e| format!("cannot look up the group {name}: {e}"))
+}
+
+/// Where a temporary account's home is: given to `useradd` explicitly, so it is known before
+/// the account exists and after it is gone.
+pub fn home_of(name: &str) -> PathBuf {
+    Path::new("/home").join(name)
+}
+
+/// Creates `name` with uid and gid `id` (its own group, made first, so the gid comes from the
+/// same never-reused range instead of the system's, where it would be handed out again), a
+/// fresh home at [`home_of`] that must not exist yet, and `gecos` as its mark. A failure
+/// leaves no group behind.
+pub fn create_account(name: &str, id: u32, gecos: &str, shell: &str) -> Result<(), String> {
+    let home = home_of(name);
+    if home.symlink_metadata().is_ok() {
+        return Err(format!(
+            "{} already exists (left by an earlier account?); the host's admin should remove it",
+            home.display()
+        ));
+    }
+    let id_text = id.to_string();
+    let home_text = home.to_string_lossy();
+    run("groupadd", &["--gid", &id_text, "--", name])?;
+    let made = run(
         "useradd",
         &[
             "--uid",
-            &uid,
-            "--user-group",
+            &id_text,
+            "--gid",
+            &id_text,
+            "--no-user-group",
+            "--home-dir",
+            &home_text,
             "--create-home",
             "--shell",
             shell,
@@ -93,17 +135,60 @@ pub fn create_account(name: &str, uid: u32, gecos: &str, shell: &str) -> Result<
             "--",
             name,
         ],
-    )
+    );
+    if made.is_err() {
+        let _ = delete_group(name, id);
+    }
+    made
 }
 
-/// Deletes `name`, its home and its mail spool (a user already gone is not an error).
-/// Called once every live process of the account is killed; `--force` because userdel would
-/// otherwise refuse while unreaped zombies of the uid remain.
-pub fn delete_account(name: &str) -> Result<(), String> {
-    if passwd_entry(name).is_none() {
-        return Ok(());
+/// Deletes the account `name` (which must still have uid `id`, or be gone), its home and its
+/// group, and whatever of them an interrupted earlier attempt left. Called once every live
+/// process of the account is killed; `--force` because userdel would otherwise refuse while
+/// unreaped zombies of the uid remain.
+pub fn delete_account(name: &str, id: u32) -> Result<(), String> {
+    match passwd_entry(name)? {
+        Some(found) if found.uid == id => {
+            run("userdel", &["--force", "--remove", "--", name])?;
+        }
+        Some(found) => {
+            return Err(format!(
+                "{name} now has uid {}, not {id}: not the account this agent made; left alone",
+                found.uid
+            ));
+        }
+        None => {}
     }
-    run("userdel", &["--force", "--remove", "--", name])
+    delete_group(name, id)?;
+    remove_home(&home_of(name), id)
+}
+
+/// Deletes the group `name` if it is still the one with gid `id` (userdel removes it only
+/// under `USERGROUPS_ENAB`).
+fn delete_group(name: &str, id: u32) -> Result<(), String> {
+    if group_gid(name)? == Some(id) {
+        run("groupdel", &["--", name])?;
+    }
+    Ok(())
+}
+
+/// Removes a home that `userdel` left (it was interrupted, or the account was already gone):
+/// only a real directory owned by `uid`, never through a symbolic link.
+fn remove_home(home: &Path, uid: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    match home.symlink_metadata() {
+        Ok(meta) if meta.is_dir() && meta.uid() == uid => std::fs::remove_dir_all(home)
+            .map_err(|e| format!("cannot remove {}: {e}", home.display())),
+        Ok(_) => {
+            tracing::warn!(
+                "{} is not the home this agent made; left in place",
+                home.display()
+            );
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("cannot inspect {}: {e}", home.display())),
+    }
 }
 
 /// The drop-in that gives `name` root through sudo, without a password (the account has
@@ -130,7 +215,13 @@ pub fn install_sudoers(name: &str, rule: &str) -> Result<(), String> {
     let staged_path = staged.path().to_string_lossy().into_owned();
     run("visudo", &["--check", "--quiet", "--file", &staged_path])?;
     let path = dir.join(name);
-    staged.commit(&path).map_err(|e| e.to_string())?;
+    // Never over a file already there: it is not ours to replace.
+    staged.commit_new(&path).map_err(|e| {
+        format!(
+            "{e} (a drop-in {} already exists; the host's admin should look at it)",
+            path.display()
+        )
+    })?;
     if let Err(e) = run("visudo", &["--check", "--quiet"]) {
         let _ = remove_file(&path);
         return Err(e);
@@ -177,9 +268,15 @@ pub fn processes_of(uid: u32) -> Vec<i32> {
     .collect()
 }
 
-/// SIGKILLs every process of `uid` until none is left: a process may fork while a pass runs,
-/// but a killed one cannot, so the passes converge. `Err` names what survived.
+/// SIGKILLs every process of `uid` until none is left. First as the uid itself, with
+/// `kill(-1)` ([`kill_as`]), which the kernel delivers to all of them in one step so a fork
+/// loop cannot outrun it; then by `/proc` passes for what that cannot reach (a process with
+/// only its effective uid set to `uid`). `Err` names what survived.
+///
+/// A process the account started through sudo runs as root and is not "a process of the
+/// uid": it is out of reach here.
 pub fn kill_all_of(uid: u32) -> Result<(), String> {
+    kill_as(uid)?;
     for _ in 0..KILL_PASSES {
         let pids = processes_of(uid);
         if pids.is_empty() {
@@ -193,13 +290,57 @@ pub fn kill_all_of(uid: u32) -> Result<(), String> {
     }
     let left = processes_of(uid);
     if left.is_empty() {
-        Ok(())
+        return Ok(());
+    }
+    let described: Vec<String> = left
+        .iter()
+        .take(MAX_DESCRIBED)
+        .map(|pid| describe(*pid))
+        .collect();
+    let more = left.len().saturating_sub(MAX_DESCRIBED);
+    let more = if more > 0 {
+        format!(" and {more} more")
     } else {
-        let described: Vec<String> = left.iter().map(|pid| describe(*pid)).collect();
-        Err(format!(
-            "processes of uid {uid} survived SIGKILL: {}",
-            described.join(", ")
-        ))
+        String::new()
+    };
+    Err(format!(
+        "processes of uid {uid} survived SIGKILL: {}{more}",
+        described.join(", ")
+    ))
+}
+
+/// Forks a child that becomes `uid` (all three ids) and sends SIGKILL to every process it may
+/// signal, which is every process of that uid but itself, then exits; waits for it.
+fn kill_as(uid: u32) -> Result<(), String> {
+    if uid == 0 {
+        return Err("refusing to kill every process of uid 0".into());
+    }
+    // SAFETY: the child runs only raw system calls (no allocation, no locks), which is what a
+    // child of a multi-threaded process may do, then `_exit`.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(format!("cannot fork: {}", std::io::Error::last_os_error()));
+    }
+    if child == 0 {
+        // SAFETY: see above. The raw `setresuid` system call changes only this
+        // single-threaded child; glibc's wrapper would try to signal threads that do not exist
+        // here.
+        unsafe {
+            let became = libc::syscall(libc::SYS_setresuid, uid, uid, uid) == 0;
+            if became {
+                libc::kill(-1, libc::SIGKILL);
+            }
+            libc::_exit(if became { 0 } else { 1 });
+        }
+    }
+    match nix::sys::wait::waitpid(Pid::from_raw(child), None) {
+        Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
+        Ok(other) => Err(format!(
+            "the process that kills uid {uid}'s processes ended: {other:?}"
+        )),
+        Err(e) => Err(format!(
+            "cannot wait for the process that kills uid {uid}'s processes: {e}"
+        )),
     }
 }
 
