@@ -269,7 +269,7 @@ pub fn processes_of(uid: u32) -> Vec<i32> {
 }
 
 /// SIGKILLs every process of `uid` until none is left. First as the uid itself, with
-/// `kill(-1)` ([`kill_as`]), which the kernel delivers to all of them in one step so a fork
+/// `kill(-1)` (see `kill_as`), which the kernel delivers to all of them in one step so a fork
 /// loop cannot outrun it; then by `/proc` passes for what that cannot reach (a process with
 /// only its effective uid set to `uid`). `Err` names what survived.
 ///
