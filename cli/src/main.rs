@@ -11,6 +11,7 @@ mod audit;
 mod control;
 mod demo;
 mod exit;
+mod netsim;
 mod remote;
 mod terminal;
 
@@ -19,8 +20,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use args::{
-    Cli, Command, CoordinatorCommand, HostCommand, InviteCommand, NodeCommand, RevokeCommand,
-    RoleCommand, UserCommand,
+    Cli, Command, CoordinatorCommand, HostCommand, InviteCommand, NetsimCommand, NodeCommand,
+    RevokeCommand, RoleCommand, UserCommand,
 };
 use exit::Failure;
 use mesh_node::session::host::SessionProgram;
@@ -132,7 +133,12 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let remove = ControlMessage::RoleRemove(RoleRemove { name });
             control::admin_change(&home_dir(home)?, remove)
         }
-        Command::Netsim(_) => Err(not_built("netsim", 7)),
+        Command::Netsim(NetsimCommand::Run {
+            scenario,
+            seed,
+            json,
+        }) => netsim::run(&scenario, seed, json.json),
+        Command::Netsim(NetsimCommand::Matrix(json)) => netsim::matrix(json.json),
         Command::Revoke(revoke) => {
             let what = match revoke {
                 RevokeCommand::Grant { id } => RevokeWhat::Grant(

@@ -71,7 +71,6 @@ fn version_prints_and_succeeds() {
 fn unbuilt_commands_exit_2_with_one_line_and_no_output() {
     let unbuilt: &[&[&str]] = &[
         &["path", "edge-01"],
-        &["netsim", "matrix"],
         &["cp", "a", "edge-01:/tmp"],
         &["forward", "edge-01", "8080:localhost:80"],
         &["proxy", "edge-01"],

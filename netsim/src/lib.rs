@@ -2,5 +2,14 @@
 //!
 //! [`topology`] describes a network (hosts, NAT boxes, links) the way a scenario's TOML writes
 //! it; the simulator and the kernel lab both build from that description.
+//!
+//! [`nat`] and [`link`] are pure packet-level models (no I/O, no clock: time is passed in) of a
+//! NAT box and of one direction of a link, which the simulator's router drives.
 
+pub mod link;
+pub mod matrix;
+pub mod mesh;
+pub mod nat;
+pub mod scenario;
 pub mod topology;
+pub mod world;

@@ -119,6 +119,29 @@ impl Endpoint {
         socket: Arc<dyn DatagramSocket>,
         accept_alpns: &[&[u8]],
     ) -> Result<Self, Error> {
+        Self::with_config(key, socket, accept_alpns, quinn::EndpointConfig::default())
+    }
+
+    /// Like [`new`](Self::new), but quinn's own randomness (which shapes packet numbers and
+    /// key-update timing) comes from `seed`, so a simulated run replays exactly. Never use it
+    /// outside a simulation.
+    pub fn new_seeded(
+        key: SecretKey,
+        socket: Arc<dyn DatagramSocket>,
+        accept_alpns: &[&[u8]],
+        seed: [u8; 32],
+    ) -> Result<Self, Error> {
+        let mut config = quinn::EndpointConfig::default();
+        config.rng_seed(Some(seed));
+        Self::with_config(key, socket, accept_alpns, config)
+    }
+
+    fn with_config(
+        key: SecretKey,
+        socket: Arc<dyn DatagramSocket>,
+        accept_alpns: &[&[u8]],
+        endpoint_config: quinn::EndpointConfig,
+    ) -> Result<Self, Error> {
         let server = if accept_alpns.is_empty() {
             None
         } else {
@@ -129,7 +152,7 @@ impl Endpoint {
             Some(server)
         };
         let inner = quinn::Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             server,
             Arc::new(SeamSocket(socket)),
             Arc::new(TokioRuntime),

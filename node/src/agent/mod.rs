@@ -22,6 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use mesh_proto::messages::SESSION_ALPN;
+use mesh_proto::{CaKeySet, SecretKey};
 use nix::unistd::Uid;
 
 use crate::audit::{AuditLog, SPOOL_DIR};
@@ -30,12 +31,14 @@ use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::keyfile::load_or_create_secret_key;
 use crate::session::gate::Gate;
-use crate::session::host::{HostPolicy, LoginPolicy, ProcessBackend, SessionHost, SessionProgram};
+use crate::session::host::{
+    HostPolicy, LoginPolicy, ProcessBackend, SessionBackend, SessionHost, SessionProgram,
+};
 use crate::session::limits::SessionCounter;
 use crate::temp_accounts::TempAccounts;
 use crate::udp::UdpSocket;
 use config::AgentConfig;
-use presence::{HostState, run_presence};
+use presence::{HostState, Jitter, run_presence};
 use revocations::Revocations;
 
 /// The secret key file in a home directory (one identity per home).
@@ -98,8 +101,74 @@ pub async fn run(
         config.audit.allow_sessions_without_audit,
         state.clone(),
     )?;
-    let policy = HostPolicy {
+    let parts = AgentParts {
+        key,
+        endpoint,
+        enrollment,
+        ca_keys,
         logins: login_policy(config.allowed_logins.clone()),
+        config,
+        state,
+        revocations,
+        audit,
+        temp_accounts,
+        backend: ProcessBackend::new(program),
+        jitter: Jitter::from_entropy(),
+    };
+    serve(parts, shutdown).await
+}
+
+/// Everything an agent runs with, however it was made: [`run`] reads it from a home and the
+/// machine; the simulator builds it in memory, with its own socket, clock and session backend.
+#[derive(Debug)]
+pub struct AgentParts<B> {
+    /// The host key.
+    pub key: SecretKey,
+    /// The endpoint (under [`SESSION_ALPN`]) sessions and the presence stream use.
+    pub endpoint: Endpoint,
+    /// Its enrollment, if enrolled (then it keeps a presence stream to the coordinator).
+    pub enrollment: Option<Enrollment>,
+    /// The CA keys grants must be signed by.
+    pub ca_keys: CaKeySet,
+    /// Which accounts sessions may run as.
+    pub logins: LoginPolicy,
+    /// Its configuration.
+    pub config: AgentConfig,
+    /// Settings and the corrected clock.
+    pub state: Arc<HostState>,
+    /// What was revoked.
+    pub revocations: Arc<Revocations>,
+    /// The audit log.
+    pub audit: Arc<AuditLog>,
+    /// Temporary accounts, when the agent can make them.
+    pub temp_accounts: Option<Arc<TempAccounts>>,
+    /// How sessions are run.
+    pub backend: B,
+    /// Randomness for the presence stream's reconnect jitter.
+    pub jitter: Jitter,
+}
+
+/// Serves sessions with `parts` until `shutdown` completes.
+pub async fn serve<B: SessionBackend>(
+    parts: AgentParts<B>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let AgentParts {
+        key,
+        endpoint,
+        enrollment,
+        ca_keys,
+        logins,
+        config,
+        state,
+        revocations,
+        audit,
+        temp_accounts,
+        backend,
+        jitter,
+    } = parts;
+    let policy = HostPolicy {
+        logins,
         default_shell: config
             .default_shell
             .as_ref()
@@ -117,7 +186,7 @@ pub async fn run(
         revocations: revocations.shared(),
         clock: state.clone(),
     };
-    let sessions = SessionHost::new(gate, policy, ProcessBackend::new(program));
+    let sessions = SessionHost::new(gate, policy, backend);
     let local = endpoint.local_addr().map_err(|source| Error::Listen {
         addr: config.listen,
         source,
@@ -136,6 +205,7 @@ pub async fn run(
             state.clone(),
             revocations.clone(),
             audit.clone(),
+            jitter,
         ))
     });
     endpoint

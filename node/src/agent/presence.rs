@@ -113,6 +113,7 @@ pub async fn run_presence(
     state: Arc<HostState>,
     revocations: Arc<Revocations>,
     audit: Arc<AuditLog>,
+    jitter: Jitter,
 ) {
     let mut backoff = FIRST_BACKOFF;
     loop {
@@ -123,8 +124,8 @@ pub async fn run_presence(
         }
         // Jitter (up to half the wait) so a fleet does not reconnect in lockstep after an
         // outage.
-        let jitter = backoff.mul_f64(random_fraction() / 2.0);
-        tokio::time::sleep(backoff + jitter).await;
+        let extra = backoff.mul_f64(jitter.fraction() / 2.0);
+        tokio::time::sleep(backoff + extra).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
@@ -170,6 +171,7 @@ async fn connect_once(
     // upload fails, the connection is started over (and the batch sent again).
     let presence = presence_loop(&mut send, &mut recv, state, revocations);
     tokio::select! {
+        biased;
         result = presence => result,
         result = upload_forever(audit, &conn) => result,
     }
@@ -219,12 +221,54 @@ async fn presence_loop(
 }
 
 /// A number in [0, 1) from the operating system's randomness (0 if it has none to give).
-fn random_fraction() -> f64 {
-    let mut bytes = [0u8; 4];
-    if getrandom::fill(&mut bytes).is_err() {
-        return 0.0;
+/// Where reconnect jitter comes from: the operating system's randomness in a real agent, a
+/// seed in the simulator (whose runs must replay exactly).
+#[derive(Debug)]
+pub struct Jitter {
+    /// splitmix64 state; `None`: draw from the operating system.
+    seeded: Option<std::sync::Mutex<u64>>,
+}
+
+impl Jitter {
+    /// Fresh randomness from the operating system for every draw.
+    pub fn from_entropy() -> Self {
+        Self { seeded: None }
     }
-    f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
+
+    /// A reproducible sequence from `seed`.
+    pub fn seeded(seed: u64) -> Self {
+        Self {
+            seeded: Some(std::sync::Mutex::new(seed)),
+        }
+    }
+
+    /// A number in `[0, 1)`.
+    pub fn fraction(&self) -> f64 {
+        let bits = match &self.seeded {
+            Some(state) => {
+                let mut state = state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                // splitmix64: tiny, and good enough to spread reconnects.
+                *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = *state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                (z ^ (z >> 31)) >> 32
+            }
+            None => {
+                let mut bytes = [0u8; 4];
+                if getrandom::fill(&mut bytes).is_err() {
+                    return 0.0;
+                }
+                u64::from(u32::from_le_bytes(bytes))
+            }
+        };
+        // `bits` < 2^32, exactly representable.
+        #[allow(clippy::cast_precision_loss)]
+        let bits = bits as f64;
+        bits / (f64::from(u32::MAX) + 1.0)
+    }
 }
 
 #[cfg(test)]

@@ -293,6 +293,7 @@ impl<B: SessionBackend> SessionHost<B> {
                 return revoked.await;
             }
             tokio::select! {
+                biased;
                 reason = revoked => reason,
                 () = temp_users_off => "temporary users were turned off on this host".to_owned(),
             }

@@ -1,0 +1,691 @@
+//! The real mesh inside the simulated internet: a coordinator, host agents and client devices,
+//! each the same library code `mesh` runs, given simulated sockets, a wall clock that follows
+//! virtual time, the in-memory store and the in-process fake shell (DESIGN.md, "Simulation and
+//! testing": nothing in them waits on another thread, so virtual time stays exact).
+//!
+//! Keys and quinn's randomness derive from the run's seed and each participant's name, so a
+//! seed replays the same run; nothing random (keys, ids) ever reaches a report.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_coordinator::model::InviteFor;
+use mesh_coordinator::server::Coordinator;
+use mesh_coordinator::store::memory::MemoryStore;
+use mesh_node::agent::config::AgentConfig;
+use mesh_node::agent::presence::{HostState, Jitter};
+use mesh_node::agent::revocations::Revocations;
+use mesh_node::agent::{AgentParts, serve};
+use mesh_node::audit::AuditLog;
+use mesh_node::control::{Enrollment, connect_coordinator, enroll, request};
+use mesh_node::endpoint::Endpoint;
+use mesh_node::session::client::{SessionInput, SessionOutcome, SessionRequest, open_session};
+use mesh_node::session::fake_shell::FakeShellBackend;
+use mesh_node::session::host::LoginPolicy;
+use mesh_proto::messages::control::{ControlMessage, SessionGrantRequest};
+use mesh_proto::messages::session::LoginRequest;
+use mesh_proto::messages::{CONTROL_ALPN, SESSION_ALPN};
+use mesh_proto::token::TokenKind;
+use mesh_proto::{CaSigner, Clock, SecretKey, UnixTime};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::io::AsyncWrite;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::world::World;
+
+/// The coordinator's UDP port.
+pub const COORDINATOR_PORT: u16 = 7400;
+/// The agents' UDP port.
+pub const AGENT_PORT: u16 = 7422;
+/// The login sessions ask for (the fake shell runs as no one; the gate still resolves it).
+pub const LOGIN: &str = "root";
+/// Wall-clock time when every simulation starts: 2026-01-01T00:00:00Z.
+pub const EPOCH_MS: u64 = 1_767_225_600_000;
+/// How long a client waits for one host address to answer before the next.
+const ADDRESS_ATTEMPT: Duration = Duration::from_secs(3);
+
+/// A wall clock that follows the simulation's virtual time from [`EPOCH_MS`].
+#[derive(Debug)]
+pub struct SimClock {
+    start: Instant,
+}
+
+impl SimClock {
+    /// A clock reading [`EPOCH_MS`] now.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            start: Instant::now(),
+        })
+    }
+}
+
+impl Clock for SimClock {
+    fn now(&self) -> UnixTime {
+        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        UnixTime::from_millis(EPOCH_MS.saturating_add(elapsed))
+    }
+}
+
+/// FNV-1a: a stable hash of names (std's hasher is randomly keyed per process).
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Seeded randomness for one purpose of one participant.
+fn rng_for(seed: u64, purpose: &str) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed ^ fnv1a(purpose))
+}
+
+fn key_for(seed: u64, purpose: &str) -> SecretKey {
+    let mut bytes = [0u8; 32];
+    rng_for(seed, purpose).fill_bytes(&mut bytes);
+    SecretKey::from_seed(&bytes)
+}
+
+fn quinn_seed(seed: u64, purpose: &str) -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    rng_for(seed, &format!("quinn {purpose}")).fill_bytes(&mut bytes);
+    bytes
+}
+
+/// An enrolled agent: what it needs to start (again).
+#[derive(Debug, Clone)]
+struct AgentSetup {
+    host: usize,
+    key: SecretKey,
+    enrollment: Enrollment,
+    starts: u32,
+}
+
+/// A running agent.
+#[derive(Debug)]
+struct AgentHandle {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// An enrolled client device.
+#[derive(Debug, Clone)]
+struct Device {
+    host: usize,
+    key: SecretKey,
+    enrollment: Enrollment,
+}
+
+/// What became of one `exec`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecReport {
+    /// `direct` (the client reached one of the host's own addresses), or `failed`.
+    pub path: String,
+    /// The remote address the session ran over.
+    pub remote_addr: Option<SocketAddr>,
+    /// Virtual time from the start of the exec to the QUIC connection to the host.
+    pub time_to_direct: Option<Duration>,
+    /// Virtual time from the start of the exec to the first byte of output.
+    pub time_to_first_byte: Option<Duration>,
+    /// Virtual time from the start to the end.
+    pub took: Duration,
+    /// quinn's smoothed round-trip estimate at the end.
+    pub rtt: Option<Duration>,
+    /// How it ended: `exit N`, `signal N`, `closed: ...`, `lost`, or why it never started.
+    pub outcome: String,
+    /// Bytes sent as stdin.
+    pub bytes_up: u64,
+    /// The output (stdout and stderr together, in arrival order of each stream).
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: Vec<u8>,
+}
+
+impl ExecReport {
+    /// The report of an exec still running when the scenario ended.
+    pub fn unfinished() -> Self {
+        Self {
+            path: "failed".into(),
+            remote_addr: None,
+            time_to_direct: None,
+            time_to_first_byte: None,
+            took: Duration::ZERO,
+            rtt: None,
+            outcome: "still running at the end".into(),
+            bytes_up: 0,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        }
+    }
+}
+
+/// A mesh running in a [`World`].
+#[derive(Debug)]
+pub struct Mesh {
+    world: World,
+    seed: u64,
+    clock: Arc<SimClock>,
+    coordinator: Option<(Arc<Coordinator<MemoryStore>>, watch::Sender<bool>)>,
+    admin_token: Option<String>,
+    agents: HashMap<String, AgentHandle>,
+    setups: HashMap<String, AgentSetup>,
+    devices: HashMap<String, Device>,
+    /// Spool directories of the agents' audit logs.
+    spool_root: tempfile::TempDir,
+}
+
+impl Mesh {
+    /// A mesh in `world` whose keys derive from `seed`. Call inside the simulation's runtime.
+    pub fn new(world: World, seed: u64) -> Result<Self, String> {
+        Ok(Self {
+            world,
+            seed,
+            clock: SimClock::new(),
+            coordinator: None,
+            admin_token: None,
+            agents: HashMap::new(),
+            setups: HashMap::new(),
+            devices: HashMap::new(),
+            spool_root: tempfile::Builder::new()
+                .prefix("mesh-netsim-")
+                .tempdir()
+                .map_err(|e| {
+                    format!("cannot make a directory for the agents' audit spools: {e}")
+                })?,
+        })
+    }
+
+    fn host_index(&self, name: &str) -> Result<usize, String> {
+        self.world
+            .network()
+            .host(name)
+            .ok_or_else(|| format!("no host {name:?} in the topology"))
+    }
+
+    /// Starts the coordinator on the host `name`, reachable at its address and
+    /// [`COORDINATOR_PORT`].
+    pub fn start_coordinator(&mut self, name: &str) -> Result<(), String> {
+        let host = self.host_index(name)?;
+        let socket = self
+            .world
+            .binder(host)
+            .bind_sim(COORDINATOR_PORT)
+            .map_err(|e| e.to_string())?;
+        let addr =
+            mesh_proto::socket::DatagramSocket::local_addr(&*socket).map_err(|e| e.to_string())?;
+        let key = key_for(self.seed, "coordinator");
+        let ca = CaSigner::new(key_for(self.seed, "ca"));
+        let endpoint = Endpoint::new_seeded(
+            key.clone(),
+            socket,
+            &[CONTROL_ALPN],
+            quinn_seed(self.seed, "coordinator"),
+        )
+        .map_err(|e| e.to_string())?;
+        let coordinator = Coordinator::new(
+            MemoryStore::new(),
+            ca,
+            key.node_id(),
+            vec![addr.to_string()],
+            self.clock.clone(),
+        );
+        let (stop, mut stopped) = watch::channel(false);
+        tokio::spawn(coordinator.clone().serve(endpoint, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+        self.coordinator = Some((coordinator, stop));
+        Ok(())
+    }
+
+    fn coordinator(&self) -> Result<&Arc<Coordinator<MemoryStore>>, String> {
+        self.coordinator
+            .as_ref()
+            .map(|(c, _)| c)
+            .ok_or_else(|| "no coordinator is running".to_owned())
+    }
+
+    async fn invite(&self, what: InviteFor, kind: TokenKind) -> Result<String, String> {
+        let (_, token, _) = self
+            .coordinator()?
+            .create_invite(what, kind, "netsim")
+            .await?;
+        Ok(token)
+    }
+
+    /// Enrolls the host `name` and starts its agent.
+    pub async fn start_agent(&mut self, name: &str) -> Result<(), String> {
+        let host = self.host_index(name)?;
+        let token = self
+            .invite(
+                InviteFor::Host {
+                    name: name.to_owned(),
+                    labels: Default::default(),
+                },
+                TokenKind::Host,
+            )
+            .await?;
+        let key = key_for(self.seed, &format!("agent {name}"));
+        // Enrolled from a short-lived endpoint, as `mesh node join` does before `node run`.
+        let endpoint = self.client_endpoint(host, &key, &format!("join {name}"))?;
+        let enrollment = enroll(&endpoint, &token, None, self.clock.now())
+            .await
+            .map_err(|e| format!("{name} cannot enroll: {e}"))?;
+        endpoint.close();
+        let setup = AgentSetup {
+            host,
+            key,
+            enrollment,
+            starts: 0,
+        };
+        self.setups.insert(name.to_owned(), setup);
+        self.launch_agent(name)
+    }
+
+    /// Starts the agent of the enrolled host `name` again after it was killed.
+    pub fn restart_agent(&mut self, name: &str) -> Result<(), String> {
+        if self.agents.contains_key(name) {
+            return Err(format!("the agent on {name} is already running"));
+        }
+        self.launch_agent(name)
+    }
+
+    fn launch_agent(&mut self, name: &str) -> Result<(), String> {
+        let setup = self
+            .setups
+            .get_mut(name)
+            .ok_or_else(|| format!("{name} has no enrolled agent"))?;
+        setup.starts += 1;
+        let setup = setup.clone();
+        let purpose = format!("agent {name} start {}", setup.starts);
+        let socket = self
+            .world
+            .binder(setup.host)
+            .bind_sim(AGENT_PORT)
+            .map_err(|e| e.to_string())?;
+        let endpoint = Endpoint::new_seeded(
+            setup.key.clone(),
+            socket,
+            &[SESSION_ALPN],
+            quinn_seed(self.seed, &purpose),
+        )
+        .map_err(|e| e.to_string())?;
+        let ca_keys = setup
+            .enrollment
+            .ca_key_set()
+            .ok_or("the enrollment names no CA key")?;
+        let state = HostState::new(self.clock.clone());
+        let config = AgentConfig::default();
+        let spool = self.spool_root.path().join(name);
+        let audit = AuditLog::open(
+            &spool,
+            config.audit.spool_limit,
+            config.audit.allow_sessions_without_audit,
+            state.clone(),
+        )
+        .map_err(|e| e.to_string())?;
+        let parts = AgentParts {
+            key: setup.key,
+            endpoint,
+            enrollment: Some(setup.enrollment),
+            revocations: Revocations::in_memory(ca_keys.clone()),
+            ca_keys,
+            logins: LoginPolicy::Any,
+            config,
+            state,
+            audit,
+            temp_accounts: None,
+            backend: FakeShellBackend,
+            jitter: Jitter::seeded(fnv1a(&purpose) ^ self.seed),
+        };
+        let (stop, mut stopped) = watch::channel(false);
+        let label = name.to_owned();
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = serve(parts, shutdown).await {
+                tracing::warn!(host = %label, "agent stopped: {e}");
+            }
+        });
+        self.agents
+            .insert(name.to_owned(), AgentHandle { stop, task });
+        Ok(())
+    }
+
+    /// Kills the agent on `name` at once, as SIGKILL would: its socket closes with it.
+    pub fn kill_agent(&mut self, name: &str) -> Result<(), String> {
+        let agent = self
+            .agents
+            .remove(name)
+            .ok_or_else(|| format!("no agent runs on {name:?}"))?;
+        agent.task.abort();
+        drop(agent.stop);
+        Ok(())
+    }
+
+    /// Enrolls a client device on the host `name` for a new user of the same name with `role`.
+    pub async fn enroll_client(&mut self, name: &str, role: &str) -> Result<(), String> {
+        let host = self.host_index(name)?;
+        let token = if role == "admin" && self.admin_token.is_none() {
+            let token = self
+                .invite(
+                    InviteFor::User {
+                        name: "admin".into(),
+                        role: "admin".into(),
+                    },
+                    TokenKind::User,
+                )
+                .await?;
+            self.admin_token = Some(token.clone());
+            token
+        } else {
+            self.invite(
+                InviteFor::User {
+                    name: name.to_owned(),
+                    role: role.to_owned(),
+                },
+                TokenKind::User,
+            )
+            .await?
+        };
+        let key = key_for(self.seed, &format!("device {name}"));
+        let endpoint = self.client_endpoint(host, &key, name)?;
+        let enrollment = enroll(&endpoint, &token, None, self.clock.now())
+            .await
+            .map_err(|e| format!("{name} cannot enroll: {e}"))?;
+        endpoint.close();
+        self.devices.insert(
+            name.to_owned(),
+            Device {
+                host,
+                key,
+                enrollment,
+            },
+        );
+        Ok(())
+    }
+
+    fn client_endpoint(
+        &self,
+        host: usize,
+        key: &SecretKey,
+        name: &str,
+    ) -> Result<Endpoint, String> {
+        client_endpoint(&self.world, self.seed, host, key, name)
+    }
+
+    /// The enrolled client on the host `name`, to act with (it holds no borrow of the mesh).
+    pub fn client(&self, name: &str) -> Result<Client, String> {
+        let device = self
+            .devices
+            .get(name)
+            .ok_or_else(|| format!("{name:?} is not an enrolled client"))?;
+        Ok(Client {
+            world: self.world.clone(),
+            seed: self.seed,
+            name: name.to_owned(),
+            device: device.clone(),
+        })
+    }
+
+    /// Stops everything.
+    pub fn shut_down(&mut self) {
+        for (_, agent) in self.agents.drain() {
+            let _ = agent.stop.send(true);
+        }
+        if let Some((_, stop)) = self.coordinator.take() {
+            let _ = stop.send(true);
+        }
+    }
+
+    /// The world it runs in.
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// Where a host's agent would be reached from the same network: its address and port.
+    pub fn agent_addr(&self, name: &str) -> Result<SocketAddrV4, String> {
+        let host = self.host_index(name)?;
+        Ok(SocketAddrV4::new(
+            self.world.network().hosts[host].ip,
+            AGENT_PORT,
+        ))
+    }
+}
+
+/// An enrolled client device, ready to act.
+#[derive(Debug, Clone)]
+pub struct Client {
+    world: World,
+    seed: u64,
+    name: String,
+    device: Device,
+}
+
+impl Client {
+    /// The host names the coordinator says are online.
+    pub async fn online_hosts(&self) -> Result<Vec<String>, String> {
+        let device = &self.device;
+        let endpoint =
+            client_endpoint(&self.world, self.seed, device.host, &device.key, &self.name)?;
+        let conn = connect_coordinator(
+            &endpoint,
+            device.enrollment.coordinator_key,
+            &device.enrollment.coordinator_addrs,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let reply = request(
+            &conn,
+            &ControlMessage::HostsRequest(mesh_proto::messages::control::HostsRequest),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        conn.quic().close(0u32.into(), b"done");
+        endpoint.close();
+        match reply {
+            ControlMessage::Hosts(hosts) => Ok(hosts
+                .hosts
+                .into_iter()
+                .filter(|h| h.online)
+                .map(|h| h.name)
+                .collect()),
+            other => Err(format!("unexpected reply {other:?}")),
+        }
+    }
+
+    /// Runs `command` on `host` the way `mesh exec` does: a grant
+    /// by name from the coordinator, then each of the host's addresses in turn, then the
+    /// session with `stdin`.
+    pub async fn exec(&self, host: &str, command: &str, stdin: Vec<u8>) -> ExecReport {
+        let started = Instant::now();
+        let mut report = ExecReport {
+            path: "failed".into(),
+            remote_addr: None,
+            time_to_direct: None,
+            time_to_first_byte: None,
+            took: Duration::ZERO,
+            rtt: None,
+            outcome: String::new(),
+            bytes_up: u64::try_from(stdin.len()).unwrap_or(u64::MAX),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        };
+        if let Err(why) = self
+            .exec_into(host, command, stdin, started, &mut report)
+            .await
+        {
+            report.outcome = why;
+        }
+        report.took = started.elapsed();
+        report
+    }
+
+    async fn exec_into(
+        &self,
+        host: &str,
+        command: &str,
+        stdin: Vec<u8>,
+        started: Instant,
+        report: &mut ExecReport,
+    ) -> Result<(), String> {
+        let device = &self.device;
+        let endpoint =
+            client_endpoint(&self.world, self.seed, device.host, &device.key, &self.name)?;
+        let conn = connect_coordinator(
+            &endpoint,
+            device.enrollment.coordinator_key,
+            &device.enrollment.coordinator_addrs,
+        )
+        .await
+        .map_err(|e| format!("no coordinator: {e}"))?;
+        let ask = ControlMessage::GrantRequest(SessionGrantRequest {
+            host: host.to_owned(),
+            login: Some(LOGIN.to_owned()),
+            command: true,
+        });
+        let reply = request(&conn, &ask).await.map_err(|e| e.to_string())?;
+        conn.quic().close(0u32.into(), b"granted");
+        let ControlMessage::Granted(granted) = reply else {
+            return Err(format!("unexpected reply {reply:?}"));
+        };
+        let mut session_conn = None;
+        for addr in &granted.host.addrs {
+            let attempt = endpoint.connect(*addr, granted.host.key, SESSION_ALPN);
+            if let Ok(Ok(conn)) = tokio::time::timeout(ADDRESS_ATTEMPT, attempt).await {
+                report.remote_addr = Some(*addr);
+                report.time_to_direct = Some(started.elapsed());
+                report.path = "direct".into();
+                session_conn = Some(conn);
+                break;
+            }
+        }
+        let Some(conn) = session_conn else {
+            return Err(format!(
+                "no direct path to {host} at {:?}",
+                granted.host.addrs
+            ));
+        };
+        let (send, recv) = conn.quic().open_bi().await.map_err(|e| e.to_string())?;
+        let session = open_session(
+            send,
+            recv,
+            SessionRequest {
+                grant: granted.grant,
+                login: LoginRequest::Named(LOGIN.to_owned()),
+                command: Some(command.to_owned()),
+                pty: None,
+                env: Vec::new(),
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let (stdin_tx, stdin_rx) = tokio::sync::mpsc::channel(16);
+        let (_events_tx, events_rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            for chunk in stdin.chunks(16 * 1024) {
+                if stdin_tx.send(chunk.to_vec()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut stdout = FirstByte::new(started);
+        let mut stderr = Vec::new();
+        let outcome = session
+            .run(
+                SessionInput {
+                    stdin: stdin_rx,
+                    events: events_rx,
+                    escapes: false,
+                },
+                &mut stdout,
+                &mut stderr,
+            )
+            .await;
+        report.time_to_first_byte = stdout.first;
+        report.stdout = stdout.bytes;
+        report.stderr = stderr;
+        report.rtt = Some(conn.quic().rtt());
+        report.outcome = match outcome {
+            Ok(SessionOutcome::Exited(mesh_proto::messages::session::ExitStatus::Code(c))) => {
+                format!("exit {c}")
+            }
+            Ok(SessionOutcome::Exited(mesh_proto::messages::session::ExitStatus::Signal(n))) => {
+                format!("signal {n}")
+            }
+            Ok(SessionOutcome::Closed(reason)) => format!("closed: {reason}"),
+            Ok(SessionOutcome::Disconnected) => "disconnected".into(),
+            Ok(SessionOutcome::Lost) => "lost".into(),
+            Err(e) => format!("error: {e}"),
+        };
+        conn.quic().close(0u32.into(), b"done");
+        endpoint.close();
+        Ok(())
+    }
+}
+
+/// A client endpoint on a fresh ephemeral port of `host`, its quinn randomness from the seed,
+/// the name and the virtual time (so two endpoints of one client differ, reproducibly).
+fn client_endpoint(
+    world: &World,
+    seed: u64,
+    host: usize,
+    key: &SecretKey,
+    name: &str,
+) -> Result<Endpoint, String> {
+    let socket = world.binder(host).bind_sim(0).map_err(|e| e.to_string())?;
+    Endpoint::new_seeded(
+        key.clone(),
+        socket,
+        &[],
+        quinn_seed(seed, &format!("client {name} {}", world.now().as_nanos())),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Collects output and notes when its first byte came.
+struct FirstByte {
+    started: Instant,
+    first: Option<Duration>,
+    bytes: Vec<u8>,
+}
+
+impl FirstByte {
+    fn new(started: Instant) -> Self {
+        Self {
+            started,
+            first: None,
+            bytes: Vec::new(),
+        }
+    }
+}
+
+impl AsyncWrite for FirstByte {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.first.is_none() && !buf.is_empty() {
+            self.first = Some(self.started.elapsed());
+        }
+        self.bytes.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}

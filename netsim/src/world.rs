@@ -1,0 +1,667 @@
+//! The simulated internet: a resolved [`Network`] made live, with sockets the real mesh code
+//! sends through.
+//!
+//! Packets move hop by hop, each hop an event at a virtual time: a host's access link, a NAT's
+//! inside or outside, a NAT's uplink, the internet. NAT boxes ([`NatBox`]) translate and filter
+//! at the moment a packet reaches them, so the order of packets meeting in a NAT is the order of
+//! their arrival, as in a real one. Links ([`Link`]) add latency, jitter, serialization delay
+//! and loss.
+//!
+//! Everything runs in one current-thread tokio runtime with a paused clock: the world's driver
+//! task sleeps until the next event, and tokio jumps straight there whenever every task waits.
+//! All randomness comes from one seeded generator, drawn in event order, so a seed replays the
+//! same run.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use mesh_proto::socket::{DatagramSocket, SocketBinder};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::link::{Link, LinkDrop};
+use crate::nat::NatBox;
+use crate::topology::Network;
+
+/// Datagrams a socket holds before it drops new ones, like a full kernel receive buffer.
+const SOCKET_QUEUE: usize = 1024;
+/// The first port handed out for a bind to port 0 (the Linux ephemeral range starts here).
+const FIRST_EPHEMERAL_PORT: u16 = 32_768;
+
+/// Where a packet is when its next event fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hop {
+    /// Arrived at the network its sender sits on: the internet, or a NAT's inside.
+    Network(Option<usize>),
+    /// Arrived at a NAT's outside (from the network above).
+    NatOutside(usize),
+    /// Arrived at a host.
+    Host(usize),
+}
+
+#[derive(Debug)]
+struct Packet {
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    data: Vec<u8>,
+    hop: Hop,
+}
+
+/// Why a packet never arrived, for the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// Larger than a link's MTU.
+    TooBig,
+    /// Lost on a link.
+    Lost,
+    /// A link's queue was full.
+    QueueFull,
+    /// A link was down (a partition).
+    LinkDown,
+    /// A NAT had no mapping for it, or its filtering refused it.
+    Filtered,
+    /// A NAT had no free port.
+    NoPort,
+    /// A firewall drops UDP.
+    UdpBlocked,
+    /// A packet to a NAT's own address from inside, without hairpinning.
+    NoHairpin,
+    /// No host has the address, or nothing listens on the port.
+    Unreachable,
+    /// The receiving socket's queue was full.
+    SocketFull,
+}
+
+impl From<LinkDrop> for DropReason {
+    fn from(drop: LinkDrop) -> Self {
+        match drop {
+            LinkDrop::TooBig => Self::TooBig,
+            LinkDrop::Lost => Self::Lost,
+            LinkDrop::QueueFull => Self::QueueFull,
+            LinkDrop::Down => Self::LinkDown,
+        }
+    }
+}
+
+/// What the world counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Datagrams sockets sent.
+    pub sent: u64,
+    /// Datagrams delivered to a socket.
+    pub delivered: u64,
+    /// Datagrams dropped, by reason.
+    pub dropped: std::collections::BTreeMap<DropReason, u64>,
+}
+
+/// A link's two directions.
+#[derive(Debug)]
+struct Duplex {
+    /// Toward the network above (host → its network; NAT inside → network above).
+    up: Link,
+    /// Away from the network above.
+    down: Link,
+}
+
+impl Duplex {
+    fn new(config: crate::topology::LinkConfig) -> Self {
+        Self {
+            up: Link::new(config),
+            down: Link::new(config),
+        }
+    }
+
+    fn set_up(&mut self, up: bool) {
+        self.up.set_up(up);
+        self.down.set_up(up);
+    }
+}
+
+struct State {
+    network: Network,
+    nats: Vec<NatBox>,
+    /// Per host: its access link.
+    host_links: Vec<Duplex>,
+    /// Per NAT: its uplink.
+    nat_links: Vec<Duplex>,
+    /// Bound sockets by address.
+    sockets: HashMap<SocketAddrV4, Weak<SocketInner>>,
+    /// Per host: the next ephemeral port to try.
+    next_port: Vec<u16>,
+    /// Events: (time, sequence number) → packet. The sequence keeps same-time events in the
+    /// order they were made, so runs are reproducible.
+    queue: BinaryHeap<Reverse<(Duration, u64)>>,
+    packets: HashMap<u64, Packet>,
+    next_seq: u64,
+    rng: ChaCha8Rng,
+    counters: Counters,
+}
+
+impl fmt::Debug for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("State")
+            .field("hosts", &self.network.hosts.len())
+            .field("nats", &self.network.nats.len())
+            .field("queued", &self.packets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The simulated internet. Cheap to clone; every clone is the same world.
+#[derive(Clone)]
+pub struct World {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the driver when an event is queued earlier than the one it sleeps toward.
+    wake: Notify,
+    start: Instant,
+}
+
+impl fmt::Debug for World {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("World")
+            .field("state", &*self.lock())
+            .finish()
+    }
+}
+
+impl World {
+    /// A live `network` whose randomness comes from `seed`. Call inside the simulation's tokio
+    /// runtime, then spawn [`drive`](Self::drive).
+    pub fn new(network: Network, seed: u64) -> Self {
+        let nats = network
+            .nats
+            .iter()
+            .map(|n| NatBox::new(n.external_ip, n.behavior))
+            .collect();
+        let host_links = network.hosts.iter().map(|h| Duplex::new(h.link)).collect();
+        let nat_links = network.nats.iter().map(|n| Duplex::new(n.uplink)).collect();
+        let next_port = vec![FIRST_EPHEMERAL_PORT; network.hosts.len()];
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    network,
+                    nats,
+                    host_links,
+                    nat_links,
+                    sockets: HashMap::new(),
+                    next_port,
+                    queue: BinaryHeap::new(),
+                    packets: HashMap::new(),
+                    next_seq: 0,
+                    rng: ChaCha8Rng::seed_from_u64(seed),
+                    counters: Counters::default(),
+                }),
+                wake: Notify::new(),
+                start: Instant::now(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug in the simulator; its state is still the
+        // best record of what happened.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Virtual time since the world began.
+    pub fn now(&self) -> Duration {
+        self.shared.start.elapsed()
+    }
+
+    /// The network it runs.
+    pub fn network(&self) -> Network {
+        self.lock().network.clone()
+    }
+
+    /// What was counted so far.
+    pub fn counters(&self) -> Counters {
+        self.lock().counters.clone()
+    }
+
+    /// Moves packets along until the world is dropped: runs as a task in the simulation's
+    /// runtime.
+    pub async fn drive(self) {
+        loop {
+            let next = {
+                let mut state = self.lock();
+                let now = self.now();
+                while let Some(&Reverse((at, seq))) = state.queue.peek() {
+                    if at > now {
+                        break;
+                    }
+                    state.queue.pop();
+                    if let Some(packet) = state.packets.remove(&seq) {
+                        state.step(now, packet);
+                    }
+                }
+                state.queue.peek().map(|Reverse((at, _))| *at)
+            };
+            match next {
+                Some(at) => {
+                    let deadline = self.shared.start + at;
+                    tokio::select! {
+                        biased;
+                        () = self.shared.wake.notified() => {}
+                        () = tokio::time::sleep_until(deadline) => {}
+                    }
+                }
+                None => self.shared.wake.notified().await,
+            }
+        }
+    }
+
+    /// A binder for sockets on the host `host` (an index into the network's hosts).
+    pub fn binder(&self, host: usize) -> HostBinder {
+        HostBinder {
+            world: self.clone(),
+            host,
+        }
+    }
+
+    /// Takes a host's access link down or brings it up (a partition of that host).
+    pub fn set_host_link(&self, host: usize, up: bool) {
+        self.lock().host_links[host].set_up(up);
+    }
+
+    /// Takes a NAT's uplink down or up (a partition of everything behind it).
+    pub fn set_nat_link(&self, nat: usize, up: bool) {
+        self.lock().nat_links[nat].set_up(up);
+    }
+
+    /// Forgets every mapping of a NAT (rebinding).
+    pub fn flush_nat(&self, nat: usize) {
+        self.lock().nats[nat].flush();
+    }
+
+    /// Gives a host a new address on the same network (roaming); its sockets keep their ports
+    /// and now send from the new address.
+    pub fn move_host(&self, host: usize, ip: Ipv4Addr) -> Result<(), String> {
+        let mut state = self.lock();
+        let taken = state.network.hosts.iter().any(|h| h.ip == ip)
+            || state.network.nats.iter().any(|n| n.external_ip == ip);
+        if taken {
+            return Err(format!("the address {ip} is taken"));
+        }
+        let old = state.network.hosts[host].ip;
+        state.network.hosts[host].ip = ip;
+        let moved: Vec<SocketAddrV4> = state
+            .sockets
+            .keys()
+            .filter(|a| *a.ip() == old)
+            .copied()
+            .collect();
+        for addr in moved {
+            if let Some(socket) = state.sockets.remove(&addr) {
+                let new = SocketAddrV4::new(ip, addr.port());
+                if let Some(live) = socket.upgrade() {
+                    *live
+                        .addr
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = new;
+                }
+                state.sockets.insert(new, socket);
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&self, src: SocketAddrV4, dst: SocketAddrV4, data: &[u8], host: usize) {
+        let now = self.now();
+        let mut state = self.lock();
+        state.counters.sent += 1;
+        let earliest = state.queue.peek().map(|Reverse((at, _))| *at);
+        let parent = state.network.hosts[host].parent;
+        let packet = Packet {
+            src,
+            dst,
+            data: data.to_vec(),
+            hop: Hop::Network(parent),
+        };
+        match transmit(&mut state, now, packet, LinkRef::HostUp(host)) {
+            Some(at) if earliest.is_none_or(|e| at < e) => {
+                drop(state);
+                self.shared.wake.notify_one();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Which link a packet crosses.
+#[derive(Clone, Copy, Debug)]
+enum LinkRef {
+    HostUp(usize),
+    HostDown(usize),
+    NatUp(usize),
+    NatDown(usize),
+}
+
+/// Puts `packet` on a link at `now`: queues its arrival, or counts its drop. Returns the arrival
+/// time.
+fn transmit(state: &mut State, now: Duration, packet: Packet, link: LinkRef) -> Option<Duration> {
+    let size = packet.data.len();
+    let State {
+        host_links,
+        nat_links,
+        rng,
+        ..
+    } = state;
+    let link = match link {
+        LinkRef::HostUp(i) => &mut host_links[i].up,
+        LinkRef::HostDown(i) => &mut host_links[i].down,
+        LinkRef::NatUp(i) => &mut nat_links[i].up,
+        LinkRef::NatDown(i) => &mut nat_links[i].down,
+    };
+    match link.transmit(now, size, rng) {
+        Ok(at) => {
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            state.queue.push(Reverse((at, seq)));
+            state.packets.insert(seq, packet);
+            Some(at)
+        }
+        Err(drop) => {
+            state.count_drop(drop.into());
+            None
+        }
+    }
+}
+
+impl State {
+    fn count_drop(&mut self, reason: DropReason) {
+        *self.counters.dropped.entry(reason).or_default() += 1;
+    }
+
+    /// Handles a packet that has reached `packet.hop` at `now`.
+    fn step(&mut self, now: Duration, mut packet: Packet) {
+        match packet.hop {
+            Hop::Host(host) => self.deliver(host, packet),
+            Hop::NatOutside(nat) => {
+                if self.network.nats[nat].block_udp {
+                    return self.count_drop(DropReason::UdpBlocked);
+                }
+                match self.nats[nat].inbound(now, packet.src, packet.dst) {
+                    Some(inside) => {
+                        packet.dst = inside;
+                        self.route_inside(now, Some(nat), packet);
+                    }
+                    None => self.count_drop(DropReason::Filtered),
+                }
+            }
+            Hop::Network(network) => self.route_inside(now, network, packet),
+        }
+    }
+
+    /// Routes a packet that is on `network` (the internet, or a NAT's inside) toward its
+    /// destination: down to a host or a NAT on this network, or, from a NAT's inside, out
+    /// through that NAT.
+    fn route_inside(&mut self, now: Duration, network: Option<usize>, mut packet: Packet) {
+        let dst_ip = *packet.dst.ip();
+        // A host on this network?
+        if let Some(host) = self
+            .network
+            .hosts
+            .iter()
+            .position(|h| h.parent == network && h.ip == dst_ip)
+        {
+            packet.hop = Hop::Host(host);
+            transmit(self, now, packet, LinkRef::HostDown(host));
+            return;
+        }
+        // A NAT sitting on this network?
+        if let Some(nat) = self
+            .network
+            .nats
+            .iter()
+            .position(|n| n.parent == network && n.external_ip == dst_ip)
+        {
+            packet.hop = Hop::NatOutside(nat);
+            transmit(self, now, packet, LinkRef::NatDown(nat));
+            return;
+        }
+        let Some(nat) = network else {
+            // On the internet with no such address.
+            return self.count_drop(DropReason::Unreachable);
+        };
+        if self.network.nats[nat].block_udp {
+            return self.count_drop(DropReason::UdpBlocked);
+        }
+        let lan = self.network.nats[nat].lan.octets();
+        if dst_ip.octets()[..3] == lan[..3] {
+            // Inside this NAT's own network, but no one has the address.
+            return self.count_drop(DropReason::Unreachable);
+        }
+        let Some(external) = self.nats[nat].outbound(now, packet.src, packet.dst, &mut self.rng)
+        else {
+            return self.count_drop(DropReason::NoPort);
+        };
+        packet.src = external;
+        if dst_ip == self.network.nats[nat].external_ip {
+            // To this NAT's own outside address from inside: hairpinning, or nothing.
+            if !self.network.nats[nat].behavior.hairpin {
+                return self.count_drop(DropReason::NoHairpin);
+            }
+            packet.hop = Hop::NatOutside(nat);
+            return self.step(now, packet);
+        }
+        let parent = self.network.nats[nat].parent;
+        packet.hop = Hop::Network(parent);
+        transmit(self, now, packet, LinkRef::NatUp(nat));
+    }
+
+    fn deliver(&mut self, host: usize, packet: Packet) {
+        // The host may have moved while the packet was on its way.
+        if *packet.dst.ip() != self.network.hosts[host].ip {
+            return self.count_drop(DropReason::Unreachable);
+        }
+        let Some(socket) = self.sockets.get(&packet.dst).and_then(Weak::upgrade) else {
+            return self.count_drop(DropReason::Unreachable);
+        };
+        let mut inbox = socket
+            .inbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if inbox.datagrams.len() >= SOCKET_QUEUE {
+            drop(inbox);
+            return self.count_drop(DropReason::SocketFull);
+        }
+        inbox.datagrams.push_back((packet.data, packet.src));
+        if let Some(waker) = inbox.waker.take() {
+            waker.wake();
+        }
+        drop(inbox);
+        self.counters.delivered += 1;
+    }
+}
+
+/// Opens sockets on one simulated host.
+#[derive(Clone)]
+pub struct HostBinder {
+    world: World,
+    host: usize,
+}
+
+impl fmt::Debug for HostBinder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostBinder")
+            .field("host", &self.host)
+            .finish()
+    }
+}
+
+impl HostBinder {
+    /// Binds a socket on this host: the host's address (whatever `addr`'s IP says, as a socket
+    /// bound to 0.0.0.0 would) and `addr`'s port, or a free ephemeral one for port 0.
+    pub fn bind_sim(&self, port: u16) -> io::Result<Arc<SimSocket>> {
+        let mut state = self.world.lock();
+        let ip = state.network.hosts[self.host].ip;
+        let port = if port == 0 {
+            let mut candidate = state.next_port[self.host];
+            loop {
+                let addr = SocketAddrV4::new(ip, candidate);
+                let free = state
+                    .sockets
+                    .get(&addr)
+                    .is_none_or(|s| s.strong_count() == 0);
+                let next = if candidate == u16::MAX {
+                    FIRST_EPHEMERAL_PORT
+                } else {
+                    candidate + 1
+                };
+                if free {
+                    state.next_port[self.host] = next;
+                    break candidate;
+                }
+                candidate = next;
+                if candidate == state.next_port[self.host] {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        "no free ephemeral port on this simulated host",
+                    ));
+                }
+            }
+        } else {
+            port
+        };
+        let addr = SocketAddrV4::new(ip, port);
+        if state
+            .sockets
+            .get(&addr)
+            .is_some_and(|s| s.strong_count() > 0)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{addr} is in use on this simulated host"),
+            ));
+        }
+        let inner = Arc::new(SocketInner {
+            addr: Mutex::new(addr),
+            inbox: Mutex::new(Inbox::default()),
+        });
+        state.sockets.insert(addr, Arc::downgrade(&inner));
+        Ok(Arc::new(SimSocket {
+            world: self.world.clone(),
+            host: self.host,
+            inner,
+        }))
+    }
+}
+
+impl SocketBinder for HostBinder {
+    fn bind(&self, addr: SocketAddr) -> io::Result<Arc<dyn DatagramSocket>> {
+        Ok(self.bind_sim(addr.port())?)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inbox {
+    datagrams: VecDeque<(Vec<u8>, SocketAddrV4)>,
+    waker: Option<Waker>,
+}
+
+#[derive(Debug)]
+struct SocketInner {
+    addr: Mutex<SocketAddrV4>,
+    inbox: Mutex<Inbox>,
+}
+
+/// A UDP socket on a simulated host.
+pub struct SimSocket {
+    world: World,
+    host: usize,
+    inner: Arc<SocketInner>,
+}
+
+impl fmt::Debug for SimSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimSocket")
+            .field("host", &self.host)
+            .field("addr", &self.addr())
+            .finish()
+    }
+}
+
+impl SimSocket {
+    fn addr(&self) -> SocketAddrV4 {
+        *self
+            .inner
+            .addr
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for SimSocket {
+    fn drop(&mut self) {
+        // The port is free again (a process that closed its socket, or died).
+        let addr = self.addr();
+        let mut state = self.world.lock();
+        if state
+            .sockets
+            .get(&addr)
+            .is_some_and(|s| std::ptr::eq(s.as_ptr(), Arc::as_ptr(&self.inner)))
+        {
+            state.sockets.remove(&addr);
+        }
+    }
+}
+
+impl DatagramSocket for SimSocket {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(SocketAddr::V4(self.addr()))
+    }
+
+    fn try_send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<()> {
+        let SocketAddr::V4(to) = to else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the simulated internet is IPv4 only",
+            ));
+        };
+        self.world.send(self.addr(), to, datagram, self.host);
+        Ok(())
+    }
+
+    fn poll_send_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Sending never blocks: a full link queue drops, as a router's would.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_recv_from(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<(usize, SocketAddr)>> {
+        let mut inbox = self
+            .inner
+            .inbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match inbox.datagrams.pop_front() {
+            Some((data, from)) => {
+                let len = data.len().min(buf.len());
+                buf[..len].copy_from_slice(&data[..len]);
+                Poll::Ready(Ok((len, SocketAddr::V4(from))))
+            }
+            None => {
+                inbox.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
