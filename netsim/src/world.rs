@@ -665,3 +665,180 @@ impl DatagramSocket for SimSocket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Packet-level checks of the world's routing with real simulated sockets: what a NAT
+    //! setting means on the wire, seen by the hosts on both sides.
+
+    use super::*;
+    use crate::topology::Topology;
+
+    /// Runs `test` in a paused current-thread runtime with the world driving.
+    fn in_world(topology: &str, test: impl AsyncFnOnce(World)) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let network = Topology::from_toml(topology).unwrap().resolve().unwrap();
+            let world = World::new(network, 9);
+            tokio::spawn(world.clone().drive());
+            test(world).await;
+        });
+    }
+
+    fn socket(world: &World, host: &str, port: u16) -> Arc<SimSocket> {
+        let index = world.network().host(host).unwrap();
+        world.binder(index).bind_sim(port).unwrap()
+    }
+
+    /// The next datagram within a second of virtual time, or `None`.
+    async fn recv(socket: &SimSocket) -> Option<(Vec<u8>, SocketAddr)> {
+        let mut buf = vec![0u8; 2048];
+        let got = tokio::time::timeout(
+            Duration::from_secs(1),
+            std::future::poll_fn(|cx| socket.poll_recv_from(cx, &mut buf)),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        Some((buf[..got.0].to_vec(), got.1))
+    }
+
+    fn topology(kind: &str, hairpin: bool) -> String {
+        format!(
+            r#"
+            [[nat]]
+            name = "home"
+            kind = "{kind}"
+            hairpin = {hairpin}
+            timeout = "30s"
+            [[host]]
+            name = "inside"
+            behind = "home"
+            [[host]]
+            name = "inside2"
+            behind = "home"
+            [[host]]
+            name = "server1"
+            [[host]]
+            name = "server2"
+            "#
+        )
+    }
+
+    #[test]
+    fn a_port_restricted_nat_drops_unsolicited_packets_and_a_full_cone_passes_them() {
+        for (kind, passes) in [("port-restricted", false), ("full-cone", true)] {
+            in_world(&topology(kind, false), async |world| {
+                let inside = socket(&world, "inside", 5000);
+                let s1 = socket(&world, "server1", 9000);
+                let s2 = socket(&world, "server2", 9000);
+                inside
+                    .try_send_to(b"hello", s1.local_addr().unwrap())
+                    .unwrap();
+                let (_, mapped) = recv(&s1).await.unwrap();
+                // The reply from the contacted endpoint always passes.
+                s1.try_send_to(b"reply", mapped).unwrap();
+                assert_eq!(recv(&inside).await.unwrap().0, b"reply");
+                // A stranger's packet to the same mapping.
+                s2.try_send_to(b"stranger", mapped).unwrap();
+                assert_eq!(recv(&inside).await.is_some(), passes, "{kind}");
+            });
+        }
+    }
+
+    #[test]
+    fn a_symmetric_nat_gives_each_destination_its_own_port_and_a_cone_the_same() {
+        for (kind, same) in [("symmetric-random", false), ("port-restricted", true)] {
+            in_world(&topology(kind, false), async |world| {
+                let inside = socket(&world, "inside", 5000);
+                let s1 = socket(&world, "server1", 9000);
+                let s2 = socket(&world, "server2", 9000);
+                inside.try_send_to(b"a", s1.local_addr().unwrap()).unwrap();
+                inside.try_send_to(b"b", s2.local_addr().unwrap()).unwrap();
+                let (_, seen1) = recv(&s1).await.unwrap();
+                let (_, seen2) = recv(&s2).await.unwrap();
+                assert_eq!(seen1.ip(), seen2.ip());
+                assert_eq!(
+                    seen1.port() == seen2.port(),
+                    same,
+                    "{kind}: {seen1} {seen2}"
+                );
+            });
+        }
+    }
+
+    #[test]
+    fn a_mapping_expires_after_its_timeout_without_traffic() {
+        in_world(&topology("full-cone", false), async |world| {
+            let inside = socket(&world, "inside", 5000);
+            let s1 = socket(&world, "server1", 9000);
+            inside
+                .try_send_to(b"open", s1.local_addr().unwrap())
+                .unwrap();
+            let (_, mapped) = recv(&s1).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            s1.try_send_to(b"still open", mapped).unwrap();
+            assert!(recv(&inside).await.is_some(), "20 s < the 30 s timeout");
+            // That packet refreshed it; 31 s of silence ends it.
+            tokio::time::sleep(Duration::from_secs(31)).await;
+            s1.try_send_to(b"too late", mapped).unwrap();
+            assert!(recv(&inside).await.is_none());
+            assert_eq!(world.counters().dropped[&DropReason::Filtered], 1);
+        });
+    }
+
+    #[test]
+    fn hairpinning_reaches_a_neighbour_through_the_external_address_only_when_on() {
+        for hairpin in [true, false] {
+            in_world(&topology("full-cone", hairpin), async |world| {
+                let a = socket(&world, "inside", 5000);
+                let b = socket(&world, "inside2", 6000);
+                let s1 = socket(&world, "server1", 9000);
+                // b's mapping, as the server sees it.
+                b.try_send_to(b"map me", s1.local_addr().unwrap()).unwrap();
+                let (_, b_mapped) = recv(&s1).await.unwrap();
+                a.try_send_to(b"neighbour", b_mapped).unwrap();
+                let got = recv(&b).await;
+                assert_eq!(got.is_some(), hairpin, "hairpin {hairpin}");
+                if let Some((_, from)) = got {
+                    // It comes from a's external mapping, not its LAN address.
+                    assert_ne!(from, a.local_addr().unwrap());
+                } else {
+                    assert_eq!(world.counters().dropped[&DropReason::NoHairpin], 1);
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn a_network_that_blocks_udp_passes_nothing_either_way() {
+        let topology = r#"
+            [[nat]]
+            name = "office"
+            kind = "full-cone"
+            block_udp = true
+            [[host]]
+            name = "inside"
+            behind = "office"
+            [[host]]
+            name = "server1"
+        "#;
+        in_world(topology, async |world| {
+            let inside = socket(&world, "inside", 5000);
+            let s1 = socket(&world, "server1", 9000);
+            inside
+                .try_send_to(b"out", s1.local_addr().unwrap())
+                .unwrap();
+            assert!(recv(&s1).await.is_none());
+            let office = world.network().nats[0].external_ip;
+            s1.try_send_to(b"in", SocketAddr::from((office, 5000)))
+                .unwrap();
+            assert!(recv(&inside).await.is_none());
+            assert_eq!(world.counters().dropped[&DropReason::UdpBlocked], 2);
+        });
+    }
+}
