@@ -362,6 +362,9 @@ impl Mesh {
             .ok_or_else(|| format!("no agent runs on {name:?}"))?;
         agent.task.abort();
         drop(agent.stop);
+        // The endpoint's driver task outlives the aborted agent task; its socket must not.
+        let host = self.host_index(name)?;
+        self.world.kill_socket(host, AGENT_PORT);
         Ok(())
     }
 
@@ -618,7 +621,8 @@ impl Client {
             Ok(SessionOutcome::Closed(reason)) => format!("closed: {reason}"),
             Ok(SessionOutcome::Disconnected) => "disconnected".into(),
             Ok(SessionOutcome::Lost) => "lost".into(),
-            Err(e) => format!("error: {e}"),
+            // The connection died under the session (idle timeout, reset).
+            Err(e) => format!("lost: {e}"),
         };
         conn.quic().close(0u32.into(), b"done");
         endpoint.close();

@@ -173,7 +173,8 @@ fn default_command() -> String {
 pub struct Expectation {
     /// The connection (an exec's name).
     pub connection: String,
-    /// Its outcome, as reported (`"exit 0"`).
+    /// Its outcome, as reported (`"exit 0"`); a word before a colon matches the whole
+    /// (`"lost"` matches `"lost: connection lost"`).
     pub outcome: Option<String>,
     /// Its path (`direct`, `relay`, `failed`).
     pub path: Option<String>,
@@ -599,7 +600,8 @@ fn judge(expectation: &Expectation, connections: &[ConnectionReport]) -> Result<
     let mut ok = true;
     if let Some(outcome) = &expectation.outcome {
         wanted.push(format!("outcome {outcome}"));
-        ok &= &c.outcome == outcome;
+        // "lost" also matches "lost: connection timed out", and so on.
+        ok &= &c.outcome == outcome || c.outcome.starts_with(&format!("{outcome}:"));
     }
     if let Some(path) = &expectation.path {
         wanted.push(format!("path {path}"));

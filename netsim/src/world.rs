@@ -283,6 +283,21 @@ impl World {
         self.lock().nat_links[nat].set_up(up);
     }
 
+    /// Kills the socket bound to `port` on `host`, as the death of its process would: it sends
+    /// and receives nothing more (whatever still holds it, such as a QUIC driver task, talks to
+    /// no one) and the port is free to bind again. Returns whether there was one.
+    pub fn kill_socket(&self, host: usize, port: u16) -> bool {
+        let mut state = self.lock();
+        let addr = SocketAddrV4::new(state.network.hosts[host].ip, port);
+        let Some(socket) = state.sockets.remove(&addr) else {
+            return false;
+        };
+        if let Some(live) = socket.upgrade() {
+            live.dead.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        true
+    }
+
     /// Forgets every mapping of a NAT (rebinding).
     pub fn flush_nat(&self, nat: usize) {
         self.lock().nats[nat].flush();
@@ -552,6 +567,7 @@ impl HostBinder {
         let inner = Arc::new(SocketInner {
             addr: Mutex::new(addr),
             inbox: Mutex::new(Inbox::default()),
+            dead: std::sync::atomic::AtomicBool::new(false),
         });
         state.sockets.insert(addr, Arc::downgrade(&inner));
         Ok(Arc::new(SimSocket {
@@ -578,6 +594,8 @@ struct Inbox {
 struct SocketInner {
     addr: Mutex<SocketAddrV4>,
     inbox: Mutex<Inbox>,
+    /// Set when its process was killed: it neither sends nor receives, and its port is free.
+    dead: std::sync::atomic::AtomicBool,
 }
 
 /// A UDP socket on a simulated host.
@@ -633,7 +651,9 @@ impl DatagramSocket for SimSocket {
                 "the simulated internet is IPv4 only",
             ));
         };
-        self.world.send(self.addr(), to, datagram, self.host);
+        if !self.inner.dead.load(std::sync::atomic::Ordering::Relaxed) {
+            self.world.send(self.addr(), to, datagram, self.host);
+        }
         Ok(())
     }
 
