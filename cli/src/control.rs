@@ -11,8 +11,8 @@ use std::time::SystemTime;
 use mesh_coordinator::home::{self, DEFAULT_PORT};
 use mesh_node::control::{ClientLink, EnrolledAs, Enrollment, connect_from_home, enroll, request};
 use mesh_proto::messages::control::{
-    ControlMessage, HostSet, HostsRequest, InviteCreate, InviteListRequest, InviteRevoke,
-    InviteTarget, Label, RoleListRequest, RoleSpec, UserListRequest,
+    ControlMessage, HostSet, InviteCreate, InviteListRequest, InviteRevoke, InviteTarget, Label,
+    RoleListRequest, RoleSpec, UserListRequest,
 };
 use mesh_proto::{SystemClock, UnixTime};
 use serde_json::json;
@@ -341,13 +341,13 @@ pub(crate) fn host_set(
 
 /// `mesh hosts [--json]`.
 pub(crate) fn hosts(home: &Path, json_out: bool) -> Result<ExitCode, Failure> {
-    let reply = ask(home, ControlMessage::HostsRequest(HostsRequest))?;
-    let ControlMessage::Hosts(list) = reply else {
-        return Err(failed(format!("unexpected reply {reply:?}")));
-    };
+    let hosts = with_coordinator(home, async |link| {
+        mesh_node::control::directory(&link.conn)
+            .await
+            .map_err(failed)
+    })?;
     if json_out {
-        let items: Vec<_> = list
-            .hosts
+        let items: Vec<_> = hosts
             .iter()
             .map(|h| {
                 let labels: serde_json::Map<_, _> = h
@@ -374,7 +374,7 @@ pub(crate) fn hosts(home: &Path, json_out: bool) -> Result<ExitCode, Failure> {
         "{:<20} {:<7} {:<21} {:<12} {:<5} {:<24} NODE",
         "NAME", "ONLINE", "LAST SEEN", "REMOTE-SHELL", "TEMP", "LABELS"
     );
-    for h in &list.hosts {
+    for h in &hosts {
         let labels: Vec<String> = h
             .labels
             .iter()

@@ -9,11 +9,10 @@ use std::time::{Duration, SystemTime};
 
 use mesh_coordinator::home;
 use mesh_coordinator::model::InviteFor;
-use mesh_node::control::{Enrollment, connect_from_home, enroll, request};
+use mesh_node::control::{Enrollment, connect_from_home, directory, enroll};
 use mesh_node::endpoint::Endpoint;
 use mesh_node::session::host::SessionProgram;
 use mesh_proto::messages::CONTROL_ALPN;
-use mesh_proto::messages::control::{ControlMessage, HostsRequest};
 use mesh_proto::token::TokenKind;
 use mesh_proto::{SecretKey, SystemClock, UnixTime};
 
@@ -171,14 +170,12 @@ async fn wait_until_online(user_home: &Path) -> Result<(), Failure> {
         .await
         .map_err(|e| failed("connect")(e.to_string()))?;
     loop {
-        let reply = request(&link.conn, &ControlMessage::HostsRequest(HostsRequest))
+        let hosts = directory(&link.conn)
             .await
             .map_err(|e| failed("directory")(e.to_string()))?;
-        if let ControlMessage::Hosts(hosts) = reply {
-            if hosts.hosts.iter().any(|h| h.name == HOST && h.online) {
-                link.conn.quic().close(0u32.into(), b"ready");
-                return Ok(());
-            }
+        if hosts.iter().any(|h| h.name == HOST && h.online) {
+            link.conn.quic().close(0u32.into(), b"ready");
+            return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
             return Err(Failure::Session(format!(

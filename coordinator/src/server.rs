@@ -12,13 +12,14 @@ use std::time::Duration;
 use mesh_node::endpoint::{Connection, Endpoint};
 use mesh_node::framed::{FrameReader, write_frame};
 use mesh_proto::audit::MAX_AUDIT_BATCH;
+use mesh_proto::codec::payload_len;
 use mesh_proto::grant::{OFFLINE_GRANT_DEFAULT_TTL, ONLINE_GRANT_DEFAULT_TTL, TEMPORARY_ROOT};
 use mesh_proto::messages::control::{
     AuditAck, AuditList, AuditQuery, AuditUpload, ControlMessage, Done, Enroll, Enrolled, Failure,
     Granted, HostContact, HostEntry, HostSet, Hosts, InviteCreate, InviteEntry, InviteList,
-    InviteRevoke, InviteTarget, Invited, Label, Revoke, RevokeWhat, RoleList, RoleRemove, RoleSpec,
-    SessionGrantRequest, Settings, TimeReply, UserAdd, UserEntry, UserList, UserRemove,
-    UserSetRole, Welcome,
+    InviteRevoke, InviteTarget, Invited, Label, MAX_HOSTS, Revoke, RevokeWhat, RoleList,
+    RoleRemove, RoleSpec, SessionGrantRequest, Settings, TimeReply, UserAdd, UserEntry, UserList,
+    UserRemove, UserSetRole, Welcome,
 };
 use mesh_proto::token::{EnrollmentToken, TokenKind, TokenSecret, open_token};
 use mesh_proto::{
@@ -38,6 +39,9 @@ use crate::store::{AuditFilter, Store, StoreError};
 pub const INVITE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Settings pushes queued per host before the oldest matter no more (only the last counts).
 const PUSH_QUEUE: usize = 8;
+/// Bytes of host entries in one directory page: a control frame carries 64 KiB, and the page's
+/// own framing and the longest `next` name need far less than the rest.
+const DIRECTORY_PAGE_BYTES: usize = 48 * 1024;
 
 /// A coordinator: its store, its CA, its own identity and address, and who is online.
 pub struct Coordinator<S> {
@@ -57,6 +61,32 @@ impl<S> std::fmt::Debug for Coordinator<S> {
             .field("addrs", &self.addrs)
             .finish_non_exhaustive()
     }
+}
+
+/// The page of `entries` (in any order) that follows `after` by name: as many as fit
+/// [`DIRECTORY_PAGE_BYTES`], at most [`MAX_HOSTS`], and where the next page starts.
+fn directory_page(
+    entries: impl IntoIterator<Item = HostEntry>,
+    after: Option<&str>,
+) -> Result<Hosts, String> {
+    let mut entries: Vec<HostEntry> = entries
+        .into_iter()
+        .filter(|h| after.is_none_or(|after| h.name.as_str() > after))
+        .collect();
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut page = Vec::new();
+    let mut size = 0;
+    let mut next = None;
+    for entry in entries {
+        let len = payload_len(&entry).map_err(|e| e.to_string())?;
+        if page.len() == MAX_HOSTS || size + len > DIRECTORY_PAGE_BYTES {
+            next = page.last().map(|last: &HostEntry| last.name.clone());
+            break;
+        }
+        size += len;
+        page.push(entry);
+    }
+    Ok(Hosts { hosts: page, next })
 }
 
 /// A host's live presence stream.
@@ -205,9 +235,9 @@ impl<S: Store> Coordinator<S> {
             })?;
         match request {
             ControlMessage::GrantRequest(request) => self.grant(peer, &user, &role, request).await,
-            ControlMessage::HostsRequest(_) => {
+            ControlMessage::HostsRequest(page) => {
                 authorize(&user, &role, &Request::ListHosts).map_err(|d| d.0)?;
-                self.directory().await
+                self.directory(page.after.as_deref()).await
             }
             ControlMessage::HostSet(set) => self.host_set(&user, &role, set).await,
             ControlMessage::InviteCreate(create) => self.invite(&user, &role, create).await,
@@ -517,22 +547,19 @@ impl<S: Store> Coordinator<S> {
         }))
     }
 
-    async fn directory(&self) -> Reply {
+    /// One page of the directory (see [`directory_page`]).
+    async fn directory(&self, after: Option<&str>) -> Reply {
         let hosts = self.store.hosts().await.map_err(store_error)?;
         let online = self.online_keys();
-        Ok(ControlMessage::Hosts(Hosts {
-            hosts: hosts
-                .into_iter()
-                .map(|h| HostEntry {
-                    online: online.contains(&h.key),
-                    name: h.name,
-                    key: h.key,
-                    last_seen: h.last_seen,
-                    labels: labels_out(&h.labels),
-                    settings: settings_out(h.settings),
-                })
-                .collect(),
-        }))
+        let entries = hosts.into_iter().map(|host| HostEntry {
+            online: online.contains(&host.key),
+            name: host.name,
+            key: host.key,
+            last_seen: host.last_seen,
+            labels: labels_out(&host.labels),
+            settings: settings_out(host.settings),
+        });
+        directory_page(entries, after).map(ControlMessage::Hosts)
     }
 
     async fn host_set(&self, user: &User, role: &Role, set: HostSet) -> Reply {
@@ -873,5 +900,70 @@ fn invite_entry(invite: Invite) -> InviteEntry {
         },
         created_by: invite.created_by,
         expires_at: invite.expires_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: usize, labels: usize) -> HostEntry {
+        HostEntry {
+            name: format!("edge-{i:05}"),
+            key: mesh_proto::SecretKey::from_seed(&[7; 32]).node_id(),
+            online: i % 2 == 0,
+            last_seen: Some(UnixTime::from_millis(1)),
+            labels: (0..labels)
+                .map(|l| Label {
+                    key: format!("{l:0>64}"),
+                    value: "v".repeat(64),
+                })
+                .collect(),
+            settings: Settings {
+                remote_shell: true,
+                temp_users: false,
+            },
+        }
+    }
+
+    /// Follows the pages from the start; checks each fits a control frame.
+    fn all_pages(entries: &[HostEntry]) -> (Vec<String>, usize) {
+        let mut names = Vec::new();
+        let mut after: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let page = directory_page(entries.iter().cloned(), after.as_deref()).unwrap();
+            pages += 1;
+            let frame = mesh_proto::codec::encode_frame(&ControlMessage::Hosts(page.clone()));
+            assert!(
+                frame.is_ok(),
+                "page {pages} does not fit a frame: {frame:?}"
+            );
+            names.extend(page.hosts.iter().map(|h| h.name.clone()));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return (names, pages),
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_directory_comes_in_pages_that_each_fit_a_frame_and_miss_no_host() {
+        // Reversed, to show the order comes from the names.
+        let plain: Vec<HostEntry> = (0..1500).rev().map(|i| entry(i, 0)).collect();
+        let (names, pages) = all_pages(&plain);
+        let expected: Vec<String> = (0..1500).map(|i| format!("edge-{i:05}")).collect();
+        assert_eq!(names, expected);
+        assert!(pages >= 3, "1,500 hosts in {pages} page(s)");
+        // Hosts with the most and longest labels: far fewer per page, still complete.
+        let heavy: Vec<HostEntry> = (0..100)
+            .map(|i| entry(i, mesh_proto::messages::control::MAX_LABELS))
+            .collect();
+        let (names, pages) = all_pages(&heavy);
+        assert_eq!(names.len(), 100);
+        assert!(pages > 5, "{pages}");
+        let (names, pages) = all_pages(&[]);
+        assert!(names.is_empty());
+        assert_eq!(pages, 1);
     }
 }

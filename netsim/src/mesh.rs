@@ -19,7 +19,7 @@ use mesh_node::agent::presence::{HostState, Jitter};
 use mesh_node::agent::revocations::Revocations;
 use mesh_node::agent::{AgentParts, serve};
 use mesh_node::audit::AuditLog;
-use mesh_node::control::{Enrollment, connect_coordinator, enroll, request};
+use mesh_node::control::{Enrollment, connect_coordinator, directory, enroll, request};
 use mesh_node::endpoint::Endpoint;
 use mesh_node::session::client::{SessionInput, SessionOutcome, SessionRequest, open_session};
 use mesh_node::session::fake_shell::FakeShellBackend;
@@ -480,23 +480,14 @@ impl Client {
         )
         .await
         .map_err(|e| e.to_string())?;
-        let reply = request(
-            &conn,
-            &ControlMessage::HostsRequest(mesh_proto::messages::control::HostsRequest),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let hosts = directory(&conn).await.map_err(|e| e.to_string());
         conn.quic().close(0u32.into(), b"done");
         endpoint.close();
-        match reply {
-            ControlMessage::Hosts(hosts) => Ok(hosts
-                .hosts
-                .into_iter()
-                .filter(|h| h.online)
-                .map(|h| h.name)
-                .collect()),
-            other => Err(format!("unexpected reply {other:?}")),
-        }
+        Ok(hosts?
+            .into_iter()
+            .filter(|h| h.online)
+            .map(|h| h.name)
+            .collect())
     }
 
     /// Runs `command` on `host` the way `mesh exec` does: a grant

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use mesh_proto::messages::CONTROL_ALPN;
-use mesh_proto::messages::control::{ControlMessage, Enroll, Enrolled};
+use mesh_proto::messages::control::{ControlMessage, Enroll, Enrolled, HostEntry, HostsRequest};
 use mesh_proto::token::{open_token, token_bytes_from_text};
 use mesh_proto::{CaKeySet, NodeId, UnixTime};
 use serde::{Deserialize, Serialize};
@@ -147,6 +147,36 @@ pub async fn connect_coordinator(
         }
     }
     Err(last.unwrap_or_else(|| Error::Refused("no coordinator address is known".into())))
+}
+
+/// The whole host directory, page by page (a fleet's directory does not fit one frame).
+pub async fn directory(conn: &Connection) -> Result<Vec<HostEntry>, Error> {
+    let mut hosts = Vec::new();
+    let mut after = None;
+    loop {
+        let ask = ControlMessage::HostsRequest(HostsRequest {
+            after: after.clone(),
+        });
+        let reply = request(conn, &ask).await?;
+        let ControlMessage::Hosts(page) = reply else {
+            return Err(Error::Refused(format!("unexpected reply {reply:?}")));
+        };
+        let last = page.hosts.last().map(|h| h.name.clone());
+        hosts.extend(page.hosts);
+        match page.next {
+            // Each page must end where the next begins and move forward: a coordinator
+            // repeating a page would keep us here forever.
+            Some(next) if last.as_ref() == Some(&next) && after.as_ref() < Some(&next) => {
+                after = Some(next);
+            }
+            Some(_) => {
+                return Err(Error::Refused(
+                    "the coordinator's directory pages do not follow each other".into(),
+                ));
+            }
+            None => return Ok(hosts),
+        }
+    }
 }
 
 /// Sends one request on a new stream and returns the reply; a [`Failure`] reply becomes

@@ -120,6 +120,14 @@ fn append_frame<M: WireMessage>(message: &M, out: &mut Vec<u8>, start: usize) ->
     Ok(())
 }
 
+/// The size of `value`'s payload encoding, to fill a message up to a frame's limit.
+pub fn payload_len<T: serde::Serialize>(value: &T) -> Result<usize, Error> {
+    postcard::experimental::serialized_size(value).map_err(|e| Error::Encode {
+        what: "payload",
+        reason: e.to_string(),
+    })
+}
+
 /// `message` as one frame.
 pub fn encode_frame<M: WireMessage>(message: &M) -> Result<Vec<u8>, Error> {
     let mut out = Vec::new();

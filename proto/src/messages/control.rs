@@ -213,10 +213,13 @@ pub struct OfflineGrants {
     pub grants: Vec<Granted>,
 }
 
-/// Ask for the directory.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+/// Ask for a page of the directory (hosts by name).
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
-pub struct HostsRequest;
+pub struct HostsRequest {
+    /// Only hosts whose names sort after this: the previous page's [`Hosts::next`].
+    pub after: Option<String>,
+}
 
 /// One host in the directory.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -241,7 +244,8 @@ pub struct HostEntry {
     pub settings: Settings,
 }
 
-/// The directory.
+/// A page of the directory. Pages are cut so that a page always fits a control frame, however
+/// many labels its hosts carry.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Hosts {
@@ -249,6 +253,8 @@ pub struct Hosts {
     #[serde(deserialize_with = "bounded_vec::<_, _, MAX_HOSTS>")]
     #[cfg_attr(test, proptest(strategy = "crate::messages::tests::vec_up_to(4)"))]
     pub hosts: Vec<HostEntry>,
+    /// Where the next page starts (ask again with this as `after`); `None` on the last page.
+    pub next: Option<String>,
 }
 
 /// Change a host's settings; `None` leaves one as it is.
