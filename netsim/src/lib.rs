@@ -6,6 +6,7 @@
 //! [`nat`] and [`link`] are pure packet-level models (no I/O, no clock: time is passed in) of a
 //! NAT box and of one direction of a link, which the simulator's router drives.
 
+pub mod lab;
 pub mod link;
 pub mod matrix;
 pub mod mesh;
