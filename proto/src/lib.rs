@@ -26,6 +26,7 @@ pub mod grant;
 pub mod grant_file;
 pub mod id;
 pub mod messages;
+pub mod probe;
 pub mod revocation;
 pub mod signed;
 pub mod socket;
