@@ -14,7 +14,8 @@
 //! - [`inherited_fds`]: no inherited descriptor reaches a user's program.
 //! - [`temp_accounts`] and [`durable`]: temporary root accounts; files replaced crash-safely.
 //!
-//! The path socket, hole punching and the relay client arrive with their issues.
+//! - [`path`]: the path layer's per-peer path choice (the path socket itself, hole punching
+//!   and the relay client arrive with their issues).
 
 pub mod agent;
 pub mod audit;
@@ -26,6 +27,7 @@ pub mod framed;
 pub mod grant_cache;
 pub mod inherited_fds;
 pub mod keyfile;
+pub mod path;
 pub mod session;
 pub mod temp_accounts;
 pub mod tls;

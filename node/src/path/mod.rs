@@ -1,0 +1,11 @@
+//! The path layer (DESIGN.md, "Connections"), being built for the relay and hole-punching
+//! issues: under the QUIC endpoint, one socket that sends each peer's packets on the best live
+//! path — a confirmed direct address or the relay — and keeps probing the others.
+//!
+//! - [`state`]: one peer's candidate paths and the choice between them, a state machine that
+//!   takes `now`.
+//!
+//! Probes themselves (signed pings and pongs, replay protection) are
+//! [`mesh_proto::probe`].
+
+pub mod state;

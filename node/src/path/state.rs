@@ -1,0 +1,379 @@
+//! One peer's paths and the choice between them: a plain state machine that takes `now`, so
+//! every decision is unit-tested without sockets (DESIGN.md, "Conventions").
+//!
+//! A peer has candidate direct addresses (its LAN and reflexive addresses from the
+//! coordinator, and addresses its probes arrived from) and possibly a relay. A direct address
+//! is *confirmed* only by a pong to one of our pings sent there — a round trip on that very
+//! path, authenticated by the peer's key — and stays confirmed for [`PATH_TRUST`] after the
+//! last such pong. The chosen path is the confirmed direct address with the lowest round-trip
+//! time, else the relay, else (no relay known) the best unconfirmed guess, so a packet is never
+//! held back waiting for a probe: the first byte goes out at once.
+//!
+//! Switching between two confirmed direct addresses needs a clear gain ([`SWITCH_GAIN`]), so
+//! two paths of similar speed do not flap.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How often an unconfirmed candidate is pinged.
+pub const PING_UNCONFIRMED: Duration = Duration::from_millis(500);
+/// How often a confirmed path is pinged to keep it confirmed (and NAT mappings alive).
+pub const PING_CONFIRMED: Duration = Duration::from_secs(5);
+/// A direct path stays confirmed this long after its last pong: two heartbeats and change.
+pub const PATH_TRUST: Duration = Duration::from_millis(12_500);
+/// A candidate that has not answered for this long is dropped (unless the coordinator still
+/// lists it), so the candidate list cannot grow without end.
+pub const CANDIDATE_EXPIRY: Duration = Duration::from_secs(60);
+/// Most candidates kept per peer.
+pub const MAX_CANDIDATES: usize = 16;
+/// Pings awaiting a pong, per candidate; older ones are forgotten.
+const MAX_OUTSTANDING: usize = 8;
+/// Another confirmed direct path replaces the current one only if its round trip is shorter
+/// by at least this share of the current one...
+pub const SWITCH_GAIN: f64 = 0.2;
+/// ...and by at least this much.
+pub const SWITCH_MIN: Duration = Duration::from_millis(5);
+
+/// Where a candidate came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The coordinator listed it (the peer's own or its observed address).
+    Listed,
+    /// A probe from the peer arrived from it.
+    PeerReflexive,
+}
+
+/// The path packets for a peer take now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Straight to this address, confirmed by a round trip.
+    Direct(SocketAddr),
+    /// Through the relay.
+    Relay,
+    /// Straight to this address, not confirmed (no relay is known to fall back to).
+    Guess(SocketAddr),
+    /// Nowhere to send.
+    None,
+}
+
+#[derive(Debug)]
+struct Candidate {
+    source: Source,
+    added: Instant,
+    last_ping: Option<Instant>,
+    /// Pings sent here and not answered yet: nonce → when.
+    outstanding: Vec<([u8; 16], Instant)>,
+    last_pong: Option<Instant>,
+    rtt: Option<Duration>,
+}
+
+impl Candidate {
+    fn new(source: Source, now: Instant) -> Self {
+        Self {
+            source,
+            added: now,
+            last_ping: None,
+            outstanding: Vec::new(),
+            last_pong: None,
+            rtt: None,
+        }
+    }
+
+    fn confirmed(&self, now: Instant) -> bool {
+        self.last_pong
+            .is_some_and(|pong| now.saturating_duration_since(pong) < PATH_TRUST)
+    }
+}
+
+/// One peer's paths.
+#[derive(Debug)]
+pub struct PeerPaths {
+    candidates: HashMap<SocketAddr, Candidate>,
+    relay: bool,
+    current: Path,
+}
+
+impl Default for PeerPaths {
+    fn default() -> Self {
+        Self {
+            candidates: HashMap::new(),
+            relay: false,
+            current: Path::None,
+        }
+    }
+}
+
+impl PeerPaths {
+    /// Adds (or refreshes) a candidate direct address.
+    pub fn add_candidate(&mut self, addr: SocketAddr, source: Source, now: Instant) {
+        if let Some(candidate) = self.candidates.get_mut(&addr) {
+            if source == Source::Listed {
+                candidate.source = Source::Listed;
+            }
+            return;
+        }
+        if self.candidates.len() >= MAX_CANDIDATES {
+            self.expire(now);
+            if self.candidates.len() >= MAX_CANDIDATES {
+                return;
+            }
+        }
+        self.candidates.insert(addr, Candidate::new(source, now));
+    }
+
+    /// Whether the peer can be reached through the relay.
+    pub fn set_relay(&mut self, available: bool) {
+        self.relay = available;
+    }
+
+    /// Records a ping sent to `addr` with `nonce`.
+    pub fn ping_sent(&mut self, addr: SocketAddr, nonce: [u8; 16], now: Instant) {
+        if let Some(candidate) = self.candidates.get_mut(&addr) {
+            candidate.last_ping = Some(now);
+            candidate.outstanding.push((nonce, now));
+            if candidate.outstanding.len() > MAX_OUTSTANDING {
+                candidate.outstanding.remove(0);
+            }
+        }
+    }
+
+    /// A pong for `echo` arrived from `addr`: if it answers a ping we sent there, the path is
+    /// confirmed with the measured round trip. Returns whether it did.
+    pub fn pong_received(&mut self, addr: SocketAddr, echo: [u8; 16], now: Instant) -> bool {
+        let Some(candidate) = self.candidates.get_mut(&addr) else {
+            return false;
+        };
+        let Some(index) = candidate.outstanding.iter().position(|(n, _)| *n == echo) else {
+            return false;
+        };
+        let (_, sent) = candidate.outstanding.remove(index);
+        candidate.last_pong = Some(now);
+        candidate.rtt = Some(now.saturating_duration_since(sent));
+        true
+    }
+
+    /// A ping from the peer arrived from `addr`: a peer-reflexive candidate (the answer goes
+    /// back there; our own ping confirms it).
+    pub fn ping_received(&mut self, addr: SocketAddr, now: Instant) {
+        self.add_candidate(addr, Source::PeerReflexive, now);
+    }
+
+    /// Candidates due for a ping at `now`.
+    pub fn due_pings(&self, now: Instant) -> Vec<SocketAddr> {
+        let mut due: Vec<SocketAddr> = self
+            .candidates
+            .iter()
+            .filter(|(_, c)| {
+                let every = if c.confirmed(now) {
+                    PING_CONFIRMED
+                } else {
+                    PING_UNCONFIRMED
+                };
+                c.last_ping
+                    .is_none_or(|last| now.saturating_duration_since(last) >= every)
+            })
+            .map(|(addr, _)| *addr)
+            .collect();
+        // The map's order is random; the order pings go out in must not be.
+        due.sort_unstable();
+        due
+    }
+
+    /// When the next ping falls due (to sleep until then).
+    pub fn next_ping(&self, now: Instant) -> Option<Instant> {
+        self.candidates
+            .values()
+            .map(|c| {
+                let every = if c.confirmed(now) {
+                    PING_CONFIRMED
+                } else {
+                    PING_UNCONFIRMED
+                };
+                c.last_ping.map_or(now, |last| last + every)
+            })
+            .min()
+    }
+
+    /// Forgets candidates that have not answered for [`CANDIDATE_EXPIRY`] and were not listed.
+    pub fn expire(&mut self, now: Instant) {
+        self.candidates.retain(|_, c| {
+            let heard = c.last_pong.unwrap_or(c.added);
+            c.source == Source::Listed || now.saturating_duration_since(heard) < CANDIDATE_EXPIRY
+        });
+    }
+
+    /// The path to use now, updating the current choice (see the module docs).
+    pub fn choose(&mut self, now: Instant) -> Path {
+        let best = self
+            .candidates
+            .iter()
+            .filter(|(_, c)| c.confirmed(now))
+            .filter_map(|(addr, c)| Some((*addr, c.rtt?)))
+            .min_by_key(|(addr, rtt)| (*rtt, *addr));
+        let chosen = match (best, self.current) {
+            (Some((addr, rtt)), Path::Direct(current)) if current != addr => {
+                match self
+                    .candidates
+                    .get(&current)
+                    .filter(|c| c.confirmed(now))
+                    .and_then(|c| c.rtt)
+                {
+                    // The current direct path is still good: keep it unless the other is
+                    // clearly faster.
+                    Some(current_rtt) if !clearly_faster(rtt, current_rtt) => Path::Direct(current),
+                    _ => Path::Direct(addr),
+                }
+            }
+            (Some((addr, _)), _) => Path::Direct(addr),
+            (None, _) if self.relay => Path::Relay,
+            (None, _) => self.guess(),
+        };
+        self.current = chosen;
+        chosen
+    }
+
+    /// The unconfirmed candidate most likely to work: a listed one first, then by address.
+    fn guess(&self) -> Path {
+        self.candidates
+            .iter()
+            .min_by_key(|(addr, c)| (c.source != Source::Listed, **addr))
+            .map_or(Path::None, |(addr, _)| Path::Guess(*addr))
+    }
+
+    /// The round trip measured on `addr`, if it is confirmed.
+    pub fn rtt(&self, addr: SocketAddr, now: Instant) -> Option<Duration> {
+        self.candidates
+            .get(&addr)
+            .filter(|c| c.confirmed(now))
+            .and_then(|c| c.rtt)
+    }
+}
+
+fn clearly_faster(candidate: Duration, current: Duration) -> bool {
+    let gain = current.saturating_sub(candidate);
+    gain >= SWITCH_MIN && gain.as_secs_f64() >= current.as_secs_f64() * SWITCH_GAIN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(n: u8) -> SocketAddr {
+        SocketAddr::from(([203, 0, 113, n], 7422))
+    }
+
+    fn confirm(paths: &mut PeerPaths, a: SocketAddr, nonce: u8, at: Instant, rtt: Duration) {
+        paths.ping_sent(a, [nonce; 16], at);
+        assert!(paths.pong_received(a, [nonce; 16], at + rtt));
+    }
+
+    #[test]
+    fn the_first_packet_goes_out_at_once_on_the_relay_then_moves_to_a_confirmed_direct_path() {
+        let t0 = Instant::now();
+        let mut paths = PeerPaths::default();
+        assert_eq!(paths.choose(t0), Path::None);
+        paths.add_candidate(addr(1), Source::Listed, t0);
+        assert_eq!(
+            paths.choose(t0),
+            Path::Guess(addr(1)),
+            "no relay: try the listed address"
+        );
+        paths.set_relay(true);
+        assert_eq!(
+            paths.choose(t0),
+            Path::Relay,
+            "unconfirmed direct loses to the relay"
+        );
+        confirm(&mut paths, addr(1), 1, t0, Duration::from_millis(30));
+        let t1 = t0 + Duration::from_millis(30);
+        assert_eq!(paths.choose(t1), Path::Direct(addr(1)));
+        assert_eq!(paths.rtt(addr(1), t1), Some(Duration::from_millis(30)));
+    }
+
+    #[test]
+    fn a_pong_confirms_only_a_ping_we_sent_to_that_address() {
+        let t0 = Instant::now();
+        let mut paths = PeerPaths::default();
+        paths.set_relay(true);
+        paths.add_candidate(addr(1), Source::Listed, t0);
+        paths.add_candidate(addr(2), Source::Listed, t0);
+        paths.ping_sent(addr(1), [1; 16], t0);
+        // The right nonce from another address, an unknown nonce, a repeat: nothing.
+        assert!(!paths.pong_received(addr(2), [1; 16], t0));
+        assert!(!paths.pong_received(addr(1), [9; 16], t0));
+        assert!(!paths.pong_received(addr(3), [1; 16], t0));
+        assert_eq!(paths.choose(t0), Path::Relay);
+        assert!(paths.pong_received(addr(1), [1; 16], t0));
+        assert!(
+            !paths.pong_received(addr(1), [1; 16], t0),
+            "a pong counts once"
+        );
+    }
+
+    #[test]
+    fn a_silent_direct_path_falls_back_to_the_relay_after_the_trust_period() {
+        let t0 = Instant::now();
+        let mut paths = PeerPaths::default();
+        paths.set_relay(true);
+        paths.add_candidate(addr(1), Source::Listed, t0);
+        confirm(&mut paths, addr(1), 1, t0, Duration::from_millis(20));
+        assert_eq!(paths.choose(t0 + PATH_TRUST), Path::Direct(addr(1)));
+        assert_eq!(
+            paths.choose(t0 + PATH_TRUST + Duration::from_millis(21)),
+            Path::Relay
+        );
+    }
+
+    #[test]
+    fn a_similar_path_does_not_take_over_but_a_clearly_faster_one_does() {
+        let t0 = Instant::now();
+        let mut paths = PeerPaths::default();
+        for n in 1..=3 {
+            paths.add_candidate(addr(n), Source::Listed, t0);
+        }
+        confirm(&mut paths, addr(2), 1, t0, Duration::from_millis(50));
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(paths.choose(t1), Path::Direct(addr(2)));
+        // 45 ms against 50 ms: 10 % better, not enough.
+        confirm(&mut paths, addr(1), 2, t1, Duration::from_millis(45));
+        let t2 = t1 + Duration::from_millis(100);
+        assert_eq!(paths.choose(t2), Path::Direct(addr(2)));
+        // 20 ms: clearly faster.
+        confirm(&mut paths, addr(3), 3, t2, Duration::from_millis(20));
+        assert_eq!(
+            paths.choose(t2 + Duration::from_millis(50)),
+            Path::Direct(addr(3))
+        );
+    }
+
+    #[test]
+    fn pings_are_frequent_until_confirmed_then_heartbeats_and_candidates_are_bounded() {
+        let t0 = Instant::now();
+        let mut paths = PeerPaths::default();
+        paths.add_candidate(addr(1), Source::Listed, t0);
+        assert_eq!(paths.due_pings(t0), vec![addr(1)]);
+        paths.ping_sent(addr(1), [1; 16], t0);
+        assert!(paths.due_pings(t0 + Duration::from_millis(499)).is_empty());
+        assert_eq!(paths.due_pings(t0 + PING_UNCONFIRMED), vec![addr(1)]);
+        assert!(paths.pong_received(addr(1), [1; 16], t0 + Duration::from_millis(10)));
+        assert!(paths.due_pings(t0 + Duration::from_secs(4)).is_empty());
+        assert_eq!(
+            paths.next_ping(t0 + Duration::from_secs(1)),
+            Some(t0 + PING_CONFIRMED)
+        );
+        // Peer-reflexive candidates from a flood of pings stay bounded and expire.
+        for port in 0..100u16 {
+            paths.ping_received(SocketAddr::from(([198, 51, 100, 1], 1000 + port)), t0);
+        }
+        assert_eq!(paths.candidates.len(), MAX_CANDIDATES);
+        paths.expire(t0 + CANDIDATE_EXPIRY);
+        assert_eq!(
+            paths.candidates.len(),
+            1,
+            "only the listed, confirmed address stays"
+        );
+    }
+}
