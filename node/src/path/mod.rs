@@ -2,10 +2,12 @@
 //! issues: under the QUIC endpoint, one socket that sends each peer's packets on the best live
 //! path — a confirmed direct address or the relay — and keeps probing the others.
 //!
+//! - [`mapped`]: the stable made-up address quinn sees for each peer.
 //! - [`state`]: one peer's candidate paths and the choice between them, a state machine that
 //!   takes `now`.
 //!
 //! Probes themselves (signed pings and pongs, replay protection) are
 //! [`mesh_proto::probe`].
 
+pub mod mapped;
 pub mod state;
