@@ -3,7 +3,7 @@
 //! request is authorized by [`authorize`] against the requester's role; the requester is the
 //! key proven in the TLS handshake.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -50,7 +50,9 @@ pub struct Coordinator<S> {
     coordinator_key: NodeId,
     addrs: Vec<String>,
     clock: Arc<dyn Clock>,
-    presence: Mutex<HashMap<NodeId, Presence>>,
+    /// Ordered, so pushes to every host go out in the same order each time (a simulated run
+    /// replays exactly).
+    presence: Mutex<BTreeMap<NodeId, Presence>>,
     next_presence: AtomicU64,
 }
 
@@ -112,7 +114,7 @@ impl<S: Store> Coordinator<S> {
             coordinator_key,
             addrs,
             clock,
-            presence: Mutex::new(HashMap::new()),
+            presence: Mutex::new(BTreeMap::new()),
             next_presence: AtomicU64::new(1),
         })
     }
@@ -731,11 +733,11 @@ impl<S: Store> Coordinator<S> {
         result
     }
 
-    fn lock_presence(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Presence>> {
+    fn lock_presence(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Presence>> {
         self.presence.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn online_keys(&self) -> Vec<NodeId> {
+    fn online_keys(&self) -> std::collections::BTreeSet<NodeId> {
         self.lock_presence().keys().copied().collect()
     }
 
