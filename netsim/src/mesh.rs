@@ -168,6 +168,8 @@ pub struct Mesh {
     seed: u64,
     clock: Arc<SimClock>,
     coordinator: Option<(Arc<Coordinator<MemoryStore>>, watch::Sender<bool>)>,
+    /// Where the coordinator runs, its store, and how many times it started.
+    coordinator_home: Option<(usize, MemoryStore, u32)>,
     admin_token: Option<String>,
     agents: HashMap<String, AgentHandle>,
     setups: HashMap<String, AgentSetup>,
@@ -184,6 +186,7 @@ impl Mesh {
             seed,
             clock: SimClock::new(),
             coordinator: None,
+            coordinator_home: None,
             admin_token: None,
             agents: HashMap::new(),
             setups: HashMap::new(),
@@ -208,6 +211,35 @@ impl Mesh {
     /// [`COORDINATOR_PORT`].
     pub fn start_coordinator(&mut self, name: &str) -> Result<(), String> {
         let host = self.host_index(name)?;
+        self.coordinator_home = Some((host, MemoryStore::new(), 0));
+        self.launch_coordinator()
+    }
+
+    /// Kills the coordinator at once, as SIGKILL would; its store (a database on disk, for a
+    /// real one) stays for [`restart_coordinator`](Self::restart_coordinator).
+    pub fn kill_coordinator(&mut self) -> Result<(), String> {
+        let (_, stop) = self.coordinator.take().ok_or("no coordinator is running")?;
+        drop(stop);
+        let (host, _, _) = self.coordinator_home.as_ref().ok_or("no coordinator")?;
+        self.world.kill_socket(*host, COORDINATOR_PORT);
+        Ok(())
+    }
+
+    /// Starts the killed coordinator again on the store it had.
+    pub fn restart_coordinator(&mut self) -> Result<(), String> {
+        if self.coordinator.is_some() {
+            return Err("the coordinator is already running".into());
+        }
+        self.launch_coordinator()
+    }
+
+    fn launch_coordinator(&mut self) -> Result<(), String> {
+        let (host, store, starts) = self
+            .coordinator_home
+            .as_mut()
+            .ok_or("no coordinator was started")?;
+        *starts += 1;
+        let (host, store, purpose) = (*host, store.clone(), format!("coordinator start {starts}"));
         let socket = self
             .world
             .binder(host)
@@ -221,20 +253,26 @@ impl Mesh {
             key.clone(),
             socket,
             &[CONTROL_ALPN],
-            quinn_seed(self.seed, "coordinator"),
+            quinn_seed(self.seed, &purpose),
         )
         .map_err(|e| e.to_string())?;
         let coordinator = Coordinator::new(
-            MemoryStore::new(),
+            store,
             ca,
             key.node_id(),
             vec![addr.to_string()],
             self.clock.clone(),
         );
         let (stop, mut stopped) = watch::channel(false);
-        tokio::spawn(coordinator.clone().serve(endpoint, async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }));
+        let serving = coordinator.clone();
+        tokio::spawn(async move {
+            // A killed coordinator's sender is dropped: that ends it as well.
+            serving
+                .serve(endpoint, async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await;
+        });
         self.coordinator = Some((coordinator, stop));
         Ok(())
     }

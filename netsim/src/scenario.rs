@@ -26,7 +26,8 @@
 //!
 //! [[action]]
 //! at = "1s"
-//! do = "exec"               # exec | partition | heal | flush-nat | move | kill-agent | start-agent
+//! do = "exec"               # exec | partition | heal | flush-nat | move | kill-agent |
+//!                           # start-agent | kill-coordinator | start-coordinator
 //! name = "hello"
 //! client = "laptop"
 //! host = "edge"
@@ -161,6 +162,10 @@ pub enum ActionKind {
         /// The host.
         host: String,
     },
+    /// The coordinator dies (SIGKILL); its store stays, as a database on disk would.
+    KillCoordinator,
+    /// The coordinator starts again.
+    StartCoordinator,
 }
 
 fn default_command() -> String {
@@ -583,6 +588,14 @@ fn apply_event(mesh: &mut Mesh, event: &ActionKind) -> Result<String, String> {
         ActionKind::StartAgent { host } => {
             mesh.restart_agent(host)?;
             format!("the agent on {host} starts")
+        }
+        ActionKind::KillCoordinator => {
+            mesh.kill_coordinator()?;
+            "the coordinator is killed".to_owned()
+        }
+        ActionKind::StartCoordinator => {
+            mesh.restart_coordinator()?;
+            "the coordinator starts again".to_owned()
         }
         ActionKind::Exec { .. } => return Err("exec is not an event".into()),
     })

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use mesh_proto::audit::AuditEvent;
 use mesh_proto::messages::control::AuditRecord;
@@ -13,9 +13,11 @@ use super::{AuditFilter, Store, StoreError, StoreResult, host_name_taken, key_ta
 use crate::model::{Device, Host, HostSettings, Invite, InviteFor, Role, User};
 
 /// Everything in one mutex: each method holds it for its whole body, so each is atomic.
-#[derive(Debug, Default)]
+/// Clones share the same data, as two connections to one database file do (a simulated
+/// coordinator restarts on the store it had).
+#[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
 }
 
 #[derive(Debug, Default)]
