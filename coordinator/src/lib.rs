@@ -12,5 +12,6 @@
 pub mod home;
 pub mod model;
 pub mod policy;
+pub mod relay;
 pub mod server;
 pub mod store;

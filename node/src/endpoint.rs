@@ -96,12 +96,37 @@ impl AsyncUdpSocket for SeamSocket {
     }
 }
 
-fn transport_config() -> Arc<quinn::TransportConfig> {
+fn transport_config(initial_mtu: u16) -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     // The constant is far below quinn's VarInt limit, so the conversion cannot fail.
     transport.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
     transport.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+    transport.initial_mtu(initial_mtu);
     Arc::new(transport)
+}
+
+/// The UDP payload size QUIC starts with (quinn's and RFC 9000's minimum); path MTU
+/// discovery raises it.
+pub const DEFAULT_INITIAL_MTU: u16 = 1200;
+
+/// How an endpoint is built beyond its key, socket and protocols.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointOptions {
+    /// quinn's randomness (packet numbers, key-update timing) from this seed, so a simulated
+    /// run replays exactly; `None` (always, outside a simulation) draws from the OS.
+    pub seed: Option<[u8; 32]>,
+    /// The UDP payload size connections start with, before path MTU discovery. A relay's
+    /// connections start larger, since whole QUIC packets of the peers travel inside them.
+    pub initial_mtu: u16,
+}
+
+impl Default for EndpointOptions {
+    fn default() -> Self {
+        Self {
+            seed: None,
+            initial_mtu: DEFAULT_INITIAL_MTU,
+        }
+    }
 }
 
 /// A QUIC endpoint identified by a node key.
@@ -109,6 +134,7 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
 pub struct Endpoint {
     inner: quinn::Endpoint,
     key: SecretKey,
+    initial_mtu: u16,
 }
 
 impl Endpoint {
@@ -119,36 +145,40 @@ impl Endpoint {
         socket: Arc<dyn DatagramSocket>,
         accept_alpns: &[&[u8]],
     ) -> Result<Self, Error> {
-        Self::with_config(key, socket, accept_alpns, quinn::EndpointConfig::default())
+        Self::with_options(key, socket, accept_alpns, EndpointOptions::default())
     }
 
-    /// Like [`new`](Self::new), but quinn's own randomness (which shapes packet numbers and
-    /// key-update timing) comes from `seed`, so a simulated run replays exactly. Never use it
-    /// outside a simulation.
+    /// Like [`new`](Self::new), but quinn's own randomness comes from `seed`, so a simulated
+    /// run replays exactly. Never use it outside a simulation.
     pub fn new_seeded(
         key: SecretKey,
         socket: Arc<dyn DatagramSocket>,
         accept_alpns: &[&[u8]],
         seed: [u8; 32],
     ) -> Result<Self, Error> {
-        let mut config = quinn::EndpointConfig::default();
-        config.rng_seed(Some(seed));
-        Self::with_config(key, socket, accept_alpns, config)
+        let options = EndpointOptions {
+            seed: Some(seed),
+            ..EndpointOptions::default()
+        };
+        Self::with_options(key, socket, accept_alpns, options)
     }
 
-    fn with_config(
+    /// Like [`new`](Self::new), with `options`.
+    pub fn with_options(
         key: SecretKey,
         socket: Arc<dyn DatagramSocket>,
         accept_alpns: &[&[u8]],
-        endpoint_config: quinn::EndpointConfig,
+        options: EndpointOptions,
     ) -> Result<Self, Error> {
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config.rng_seed(options.seed);
         let server = if accept_alpns.is_empty() {
             None
         } else {
             let tls = tls::server_config(&key, accept_alpns)?;
             let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Quic(e.to_string()))?;
             let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-            server.transport_config(transport_config());
+            server.transport_config(transport_config(options.initial_mtu));
             Some(server)
         };
         let inner = quinn::Endpoint::new_with_abstract_socket(
@@ -158,7 +188,11 @@ impl Endpoint {
             Arc::new(TokioRuntime),
         )
         .map_err(|e| Error::Quic(e.to_string()))?;
-        Ok(Self { inner, key })
+        Ok(Self {
+            inner,
+            key,
+            initial_mtu: options.initial_mtu,
+        })
     }
 
     /// This endpoint's identity.
@@ -182,7 +216,7 @@ impl Endpoint {
         let (tls, presented_instead) = tls::client_config(&self.key, expected, alpn)?;
         let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Quic(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(transport_config());
+        config.transport_config(transport_config(self.initial_mtu));
         // The server name is unused: identity is the raw key, checked by the verifier.
         let connecting = self
             .inner

@@ -3,6 +3,7 @@
 //! path — a confirmed direct address or the relay — and keeps probing the others.
 //!
 //! - [`mapped`]: the stable made-up address quinn sees for each peer.
+//! - [`relay_client`]: a connection to a relay, peers' packets as QUIC datagrams.
 //! - [`state`]: one peer's candidate paths and the choice between them, a state machine that
 //!   takes `now`.
 //!
@@ -10,4 +11,5 @@
 //! [`mesh_proto::probe`].
 
 pub mod mapped;
+pub mod relay_client;
 pub mod state;

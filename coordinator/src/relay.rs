@@ -1,0 +1,282 @@
+//! The relay (issue 8, first part): forwards opaque packets between two authenticated keys
+//! that may use it, never holding a session key.
+//!
+//! Peers connect to the relay over QUIC (ALPN `mesh/relay/1`; TLS with node keys, so the relay
+//! knows who each peer is without trusting anything it says) and exchange relay messages as
+//! QUIC datagrams: a peer sends [`relay::Send`] `{to, packet}`, the relay delivers
+//! [`Deliver`] `{from, packet}` to `to`'s connection, with `from` taken from the TLS-proven
+//! key. The packets are the peers' own QUIC packets, encrypted end to end; the relay sees who
+//! talks to whom and how much. A destination not connected gets the sender one
+//! [`Unreachable`] (at most once a second per destination, so it cannot be used to amplify).
+//!
+//! Who may use the relay is a [`RelayPolicy`]; each key's traffic goes through a byte budget
+//! ([`TokenBucket`]): a peer that sends faster loses packets, not the relay's memory.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use mesh_node::endpoint::{Connection, Endpoint};
+use mesh_proto::NodeId;
+use mesh_proto::codec::{decode_exact, encode_frame};
+use mesh_proto::messages::relay::{self, Deliver, RelayMessage, Unreachable};
+use tokio::time::Instant;
+
+/// How often the relay tells a sender that one destination is unreachable.
+const UNREACHABLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Who may use the relay.
+pub trait RelayPolicy: std::fmt::Debug + Send + Sync + 'static {
+    /// Whether `key` may connect and send.
+    fn allowed(&self, key: NodeId) -> impl Future<Output = bool> + Send;
+}
+
+/// A fixed set of keys (tests, and a standalone relay's list until it hears the coordinator).
+#[derive(Debug, Default)]
+pub struct AllowedKeys(pub Mutex<std::collections::BTreeSet<NodeId>>);
+
+impl RelayPolicy for AllowedKeys {
+    async fn allowed(&self, key: NodeId) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&key)
+    }
+}
+
+/// Each key's byte budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RelayLimits {
+    /// Sustained bytes per second per key.
+    pub bytes_per_sec: u64,
+    /// Bytes a key may send in one burst.
+    pub burst: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        // Enough for an interactive shell and a brisk copy; a relay serves many peers.
+        Self {
+            bytes_per_sec: 2_000_000,
+            burst: 1_000_000,
+        }
+    }
+}
+
+/// A byte budget that refills at a steady rate: a plain state machine taking `now`.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    limits: RelayLimits,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket at `now`.
+    pub fn new(limits: RelayLimits, now: Instant) -> Self {
+        Self {
+            limits,
+            // Byte counts far below 2^53 are exact in an f64.
+            #[allow(clippy::cast_precision_loss)]
+            tokens: limits.burst as f64,
+            last: now,
+        }
+    }
+
+    /// Takes `bytes` from the budget at `now` if they are there.
+    #[allow(clippy::cast_precision_loss)]
+    pub fn take(&mut self, bytes: usize, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.limits.bytes_per_sec as f64)
+            .min(self.limits.burst as f64);
+        let wanted = bytes as f64;
+        if self.tokens >= wanted {
+            self.tokens -= wanted;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What the relay counted.
+#[derive(Debug, Default)]
+pub struct RelayCounters {
+    /// Packets forwarded.
+    pub forwarded: AtomicU64,
+    /// Bytes forwarded (the peers' packets, without framing).
+    pub forwarded_bytes: AtomicU64,
+    /// Packets for a destination not connected.
+    pub unreachable: AtomicU64,
+    /// Packets over a key's budget.
+    pub over_limit: AtomicU64,
+    /// Datagrams that were not a relay message a peer may send.
+    pub malformed: AtomicU64,
+    /// Connections refused (the key may not use the relay).
+    pub refused: AtomicU64,
+}
+
+struct Peer {
+    conn: quinn::Connection,
+    /// Distinguishes this connection from a later one of the same key.
+    id: u64,
+}
+
+/// The relay server.
+#[derive(Debug)]
+pub struct RelayServer<P> {
+    policy: P,
+    limits: RelayLimits,
+    peers: Mutex<HashMap<NodeId, Peer>>,
+    next_id: AtomicU64,
+    counters: RelayCounters,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer").field("id", &self.id).finish()
+    }
+}
+
+impl<P: RelayPolicy> RelayServer<P> {
+    /// A relay letting in the keys `policy` allows, each within `limits`.
+    pub fn new(policy: P, limits: RelayLimits) -> Arc<Self> {
+        Arc::new(Self {
+            policy,
+            limits,
+            peers: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            counters: RelayCounters::default(),
+        })
+    }
+
+    /// What it counted so far.
+    pub fn counters(&self) -> &RelayCounters {
+        &self.counters
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<NodeId, Peer>> {
+        self.peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Serves relay connections on `endpoint` until `shutdown` completes.
+    pub async fn serve(self: Arc<Self>, endpoint: Endpoint, shutdown: impl Future<Output = ()>) {
+        endpoint
+            .accept_until(shutdown, |conn| self.clone().serve_connection(conn))
+            .await;
+        endpoint.close_and_flush(Duration::from_secs(1)).await;
+    }
+
+    /// Serves one peer's connection until it ends.
+    pub async fn serve_connection(self: Arc<Self>, conn: Connection) {
+        let key = conn.peer();
+        if !self.policy.allowed(key).await {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            conn.quic()
+                .close(1u32.into(), b"this key may not use the relay");
+            return;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let quic = conn.quic().clone();
+        // A newer connection of the same key replaces the older one (a peer that restarted).
+        self.lock().insert(
+            key,
+            Peer {
+                conn: quic.clone(),
+                id,
+            },
+        );
+        tracing::debug!(peer = %key.short(), "relay peer connected");
+        let mut budget = TokenBucket::new(self.limits, Instant::now());
+        let mut told_unreachable: HashMap<NodeId, Instant> = HashMap::new();
+        while let Ok(datagram) = quic.read_datagram().await {
+            self.handle(key, &quic, &datagram, &mut budget, &mut told_unreachable);
+        }
+        let mut peers = self.lock();
+        if peers.get(&key).is_some_and(|p| p.id == id) {
+            peers.remove(&key);
+        }
+    }
+
+    fn handle(
+        &self,
+        from: NodeId,
+        from_conn: &quinn::Connection,
+        datagram: &[u8],
+        budget: &mut TokenBucket,
+        told_unreachable: &mut HashMap<NodeId, Instant>,
+    ) {
+        let Ok(RelayMessage::Send(relay::Send { to, packet })) =
+            decode_exact::<RelayMessage>(datagram)
+        else {
+            self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let now = Instant::now();
+        if !budget.take(packet.len(), now) {
+            self.counters.over_limit.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let target = self.lock().get(&to).map(|p| p.conn.clone());
+        let Some(target) = target else {
+            self.counters.unreachable.fetch_add(1, Ordering::Relaxed);
+            let due = told_unreachable
+                .get(&to)
+                .is_none_or(|last| now.saturating_duration_since(*last) >= UNREACHABLE_EVERY);
+            if due {
+                told_unreachable.insert(to, now);
+                if told_unreachable.len() > 1024 {
+                    told_unreachable
+                        .retain(|_, t| now.saturating_duration_since(*t) < UNREACHABLE_EVERY);
+                }
+                let reply = RelayMessage::Unreachable(Unreachable { peer: to });
+                if let Ok(bytes) = encode_frame(&reply) {
+                    let _ = from_conn.send_datagram(bytes.into());
+                }
+            }
+            return;
+        };
+        let len = packet.len();
+        let deliver = RelayMessage::Deliver(Deliver { from, packet });
+        let sent =
+            encode_frame(&deliver).is_ok_and(|bytes| target.send_datagram(bytes.into()).is_ok());
+        if sent {
+            self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .forwarded_bytes
+                .fetch_add(u64::try_from(len).unwrap_or(u64::MAX), Ordering::Relaxed);
+        } else {
+            // A full or closed destination loses the packet, as a router's queue would.
+            self.counters.unreachable.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate() {
+        let t0 = Instant::now();
+        let limits = RelayLimits {
+            bytes_per_sec: 1000,
+            burst: 1500,
+        };
+        let mut bucket = TokenBucket::new(limits, t0);
+        assert!(bucket.take(1500, t0));
+        assert!(!bucket.take(1, t0));
+        assert!(
+            !bucket.take(600, t0 + Duration::from_millis(500)),
+            "500 B back, not 600"
+        );
+        assert!(bucket.take(500, t0 + Duration::from_millis(500)));
+        // Idle for a minute: only the burst comes back.
+        assert!(!bucket.take(1501, t0 + Duration::from_secs(60)));
+        assert!(bucket.take(1500, t0 + Duration::from_secs(60)));
+    }
+}

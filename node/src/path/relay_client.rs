@@ -1,0 +1,100 @@
+//! A peer's connection to a relay: QUIC to the relay's pinned key under ALPN `mesh/relay/1`,
+//! with the peers' packets as QUIC datagrams (see the relay's module docs in
+//! `mesh-coordinator`).
+
+use std::net::SocketAddr;
+
+use mesh_proto::NodeId;
+use mesh_proto::codec::{decode_exact, encode_frame};
+use mesh_proto::messages::RELAY_ALPN;
+use mesh_proto::messages::relay::{self, RelayMessage};
+
+use crate::endpoint::{Connection, Endpoint};
+use crate::error::Error;
+
+/// What arrives from a relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FromRelay {
+    /// A packet from `from` (the relay vouches for the key: it saw it in TLS).
+    Packet {
+        /// The sender.
+        from: NodeId,
+        /// The packet.
+        packet: Vec<u8>,
+    },
+    /// The relay could not reach `peer`.
+    Unreachable {
+        /// The peer.
+        peer: NodeId,
+    },
+}
+
+/// A connection to one relay.
+#[derive(Debug, Clone)]
+pub struct RelayClient {
+    conn: Connection,
+}
+
+impl RelayClient {
+    /// Connects to the relay `relay` at `addr` from `endpoint` (whose connections should start
+    /// with an MTU that fits a whole peer packet plus framing: see
+    /// [`EndpointOptions::initial_mtu`](crate::endpoint::EndpointOptions::initial_mtu)).
+    pub async fn connect(
+        endpoint: &Endpoint,
+        addr: SocketAddr,
+        relay: NodeId,
+    ) -> Result<Self, Error> {
+        let conn = endpoint.connect(addr, relay, RELAY_ALPN).await?;
+        Ok(Self { conn })
+    }
+
+    /// Sends `packet` to `to` through the relay. A packet that does not fit a datagram now is
+    /// an error, like a UDP send of an oversized packet; a full queue drops it silently.
+    pub fn send(&self, to: NodeId, packet: Vec<u8>) -> Result<(), Error> {
+        let bytes = encode_frame(&RelayMessage::Send(relay::Send { to, packet }))
+            .map_err(Error::Protocol)?;
+        match self.conn.quic().send_datagram(bytes.into()) {
+            Ok(()) => Ok(()),
+            Err(quinn::SendDatagramError::ConnectionLost(e)) => Err(Error::Connection(e)),
+            Err(e) => Err(Error::Quic(e.to_string())),
+        }
+    }
+
+    /// The next message from the relay; anything a relay must not send is skipped.
+    pub async fn recv(&self) -> Result<FromRelay, Error> {
+        loop {
+            let datagram = self
+                .conn
+                .quic()
+                .read_datagram()
+                .await
+                .map_err(Error::Connection)?;
+            match decode_exact::<RelayMessage>(&datagram) {
+                Ok(RelayMessage::Deliver(d)) => {
+                    return Ok(FromRelay::Packet {
+                        from: d.from,
+                        packet: d.packet,
+                    });
+                }
+                Ok(RelayMessage::Unreachable(u)) => {
+                    return Ok(FromRelay::Unreachable { peer: u.peer });
+                }
+                Ok(RelayMessage::Send(_)) | Err(_) => {
+                    tracing::debug!("ignored a datagram from the relay that is no relay message");
+                }
+            }
+        }
+    }
+
+    /// The largest peer packet that fits one datagram now.
+    pub fn max_packet(&self) -> Option<usize> {
+        self.conn
+            .quic()
+            .max_datagram_size()
+            .map(|size| size.saturating_sub(RELAY_FRAMING))
+    }
+}
+
+/// Bytes a `Send` or `Deliver` frame adds around a packet: the frame header (7), the key (32)
+/// and the packet's length (at most 3 as a varint), rounded up.
+pub const RELAY_FRAMING: usize = 48;
