@@ -57,6 +57,11 @@ impl MappedAddrs {
         addr
     }
 
+    /// The peer's mapped address, if it has one already.
+    pub fn known_addr_of(&self, peer: NodeId) -> Option<SocketAddr> {
+        self.by_peer.get(&peer).copied()
+    }
+
     /// The peer behind a mapped address, if it is one of ours.
     pub fn peer_of(&self, addr: SocketAddr) -> Option<NodeId> {
         self.by_addr.get(&addr).copied()

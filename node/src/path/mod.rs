@@ -4,6 +4,7 @@
 //!
 //! - [`mapped`]: the stable made-up address quinn sees for each peer.
 //! - [`relay_client`]: a connection to a relay, peers' packets as QUIC datagrams.
+//! - [`socket`]: the path socket quinn runs on.
 //! - [`state`]: one peer's candidate paths and the choice between them, a state machine that
 //!   takes `now`.
 //!
@@ -12,4 +13,5 @@
 
 pub mod mapped;
 pub mod relay_client;
+pub mod socket;
 pub mod state;
