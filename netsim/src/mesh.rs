@@ -20,7 +20,7 @@ use mesh_node::agent::revocations::Revocations;
 use mesh_node::agent::{AgentParts, serve};
 use mesh_node::audit::AuditLog;
 use mesh_node::control::{Enrollment, connect_coordinator, directory, enroll, request};
-use mesh_node::endpoint::Endpoint;
+use mesh_node::endpoint::{Connection, Endpoint};
 use mesh_node::session::client::{SessionInput, SessionOutcome, SessionRequest, open_session};
 use mesh_node::session::fake_shell::FakeShellBackend;
 use mesh_node::session::host::LoginPolicy;
@@ -506,8 +506,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// The host names the coordinator says are online.
-    pub async fn online_hosts(&self) -> Result<Vec<String>, String> {
+    /// A fresh endpoint of this device and its connection to the coordinator.
+    async fn coordinator(&self) -> Result<(Endpoint, Connection), String> {
         let device = &self.device;
         let endpoint =
             client_endpoint(&self.world, self.seed, device.host, &device.key, &self.name)?;
@@ -517,7 +517,13 @@ impl Client {
             &device.enrollment.coordinator_addrs,
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("no coordinator: {e}"))?;
+        Ok((endpoint, conn))
+    }
+
+    /// The host names the coordinator says are online.
+    pub async fn online_hosts(&self) -> Result<Vec<String>, String> {
+        let (endpoint, conn) = self.coordinator().await?;
         let hosts = directory(&conn).await.map_err(|e| e.to_string());
         conn.quic().close(0u32.into(), b"done");
         endpoint.close();
@@ -563,16 +569,7 @@ impl Client {
         started: Instant,
         report: &mut ExecReport,
     ) -> Result<(), String> {
-        let device = &self.device;
-        let endpoint =
-            client_endpoint(&self.world, self.seed, device.host, &device.key, &self.name)?;
-        let conn = connect_coordinator(
-            &endpoint,
-            device.enrollment.coordinator_key,
-            &device.enrollment.coordinator_addrs,
-        )
-        .await
-        .map_err(|e| format!("no coordinator: {e}"))?;
+        let (endpoint, conn) = self.coordinator().await?;
         let ask = ControlMessage::GrantRequest(SessionGrantRequest {
             host: host.to_owned(),
             login: Some(LOGIN.to_owned()),
