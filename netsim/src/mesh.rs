@@ -144,8 +144,8 @@ pub struct ExecReport {
 }
 
 impl ExecReport {
-    /// The report of an exec still running when the scenario ended.
-    pub fn unfinished() -> Self {
+    /// A report that says only `outcome`: nothing connected (yet), `bytes_up` offered.
+    fn failed(outcome: &str, bytes_up: u64) -> Self {
         Self {
             path: "failed".into(),
             remote_addr: None,
@@ -153,11 +153,16 @@ impl ExecReport {
             time_to_first_byte: None,
             took: Duration::ZERO,
             rtt: None,
-            outcome: "still running at the end".into(),
-            bytes_up: 0,
+            outcome: outcome.into(),
+            bytes_up,
             stdout: Vec::new(),
             stderr: Vec::new(),
         }
+    }
+
+    /// The report of an exec still running when the scenario ended.
+    pub fn unfinished() -> Self {
+        Self::failed("still running at the end", 0)
     }
 }
 
@@ -539,18 +544,7 @@ impl Client {
     /// session with `stdin`.
     pub async fn exec(&self, host: &str, command: &str, stdin: Vec<u8>) -> ExecReport {
         let started = Instant::now();
-        let mut report = ExecReport {
-            path: "failed".into(),
-            remote_addr: None,
-            time_to_direct: None,
-            time_to_first_byte: None,
-            took: Duration::ZERO,
-            rtt: None,
-            outcome: String::new(),
-            bytes_up: u64::try_from(stdin.len()).unwrap_or(u64::MAX),
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-        };
+        let mut report = ExecReport::failed("", u64::try_from(stdin.len()).unwrap_or(u64::MAX));
         if let Err(why) = self
             .exec_into(host, command, stdin, started, &mut report)
             .await
