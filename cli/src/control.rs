@@ -65,10 +65,11 @@ pub(crate) fn coordinator_serve(
                 "cannot listen on {listen}: {e} (is another coordinator running? use --listen)"
             ))
         })?;
-        let endpoint = mesh_node::endpoint::Endpoint::new(
+        let endpoint = mesh_node::endpoint::Endpoint::with_options(
             key,
             Arc::new(socket),
-            &[mesh_proto::messages::CONTROL_ALPN],
+            mesh_coordinator::server::COORDINATOR_ALPNS,
+            mesh_coordinator::server::endpoint_options(),
         )
         .map_err(failed)?;
         let local = endpoint.local_addr().map_err(failed)?;

@@ -12,7 +12,6 @@ use mesh_coordinator::model::InviteFor;
 use mesh_node::control::{Enrollment, connect_from_home, directory, enroll};
 use mesh_node::endpoint::Endpoint;
 use mesh_node::session::host::SessionProgram;
-use mesh_proto::messages::CONTROL_ALPN;
 use mesh_proto::token::TokenKind;
 use mesh_proto::{SecretKey, SystemClock, UnixTime};
 
@@ -101,8 +100,13 @@ async fn start_mesh(
         .map_err(|e| failed("coordinator")(e.to_string()))?;
     let socket = mesh_node::udp::UdpSocket::bind(([127, 0, 0, 1], port).into())
         .map_err(|e| failed("coordinator socket")(e.to_string()))?;
-    let endpoint = Endpoint::new(key, Arc::new(socket), &[CONTROL_ALPN])
-        .map_err(|e| failed("coordinator endpoint")(e.to_string()))?;
+    let endpoint = Endpoint::with_options(
+        key,
+        Arc::new(socket),
+        mesh_coordinator::server::COORDINATOR_ALPNS,
+        mesh_coordinator::server::endpoint_options(),
+    )
+    .map_err(|e| failed("coordinator endpoint")(e.to_string()))?;
     let (host_invite, _) = {
         let what = InviteFor::Host {
             name: HOST.into(),

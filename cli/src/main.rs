@@ -137,8 +137,14 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             scenario,
             seed,
             json,
-        }) => netsim::run(&scenario, seed, json.json),
-        Command::Netsim(NetsimCommand::Matrix(json)) => netsim::matrix(json.json),
+        }) => {
+            netsim::logging();
+            netsim::run(&scenario, seed, json.json)
+        }
+        Command::Netsim(NetsimCommand::Matrix(json)) => {
+            netsim::logging();
+            netsim::matrix(json.json)
+        }
         Command::Revoke(revoke) => {
             let what = match revoke {
                 RevokeCommand::Grant { id } => RevokeWhat::Grant(

@@ -12,6 +12,35 @@ use crate::exit::Failure;
 /// The seed when none is given.
 const DEFAULT_SEED: u64 = 1;
 
+/// Logs to stderr only when `RUST_LOG` asks (the simulated nodes' logs would bury the report),
+/// stamped with virtual time since the simulation started.
+pub(crate) fn logging() {
+    let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_timer(VirtualTime)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// tokio's clock, which the simulation pauses and advances: the first event's time is 0.
+struct VirtualTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for VirtualTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+        if tokio::runtime::Handle::try_current().is_err() {
+            return write!(w, "        -");
+        }
+        let now = tokio::time::Instant::now();
+        let since = now.saturating_duration_since(*START.get_or_init(|| now));
+        write!(w, "{:>8.3}s", since.as_secs_f64())
+    }
+}
+
 /// Runs a scenario file; exits 1 when an expectation failed.
 pub(crate) fn run(file: &Path, seed: Option<u64>, json: bool) -> Result<ExitCode, Failure> {
     let text = std::fs::read_to_string(file)

@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use mesh_node::control::{
-    Enrollment, client_endpoint, connect_coordinator, request as control_request,
+    Enrollment, connect_coordinator, request as control_request, session_net,
 };
-use mesh_node::endpoint::Endpoint;
 use mesh_node::grant_cache;
+use mesh_node::path::net::{NodeNet, RelayContact};
 use mesh_node::session::client::{
     ClientEvent, SessionInput, SessionOutcome, SessionRequest, open_session,
 };
@@ -61,10 +61,11 @@ async fn session(home: &Path, request: Request) -> Result<u8, Failure> {
         (None, false) => Some(local_user_name()?),
     };
     let fail = |e: mesh_node::Error| Failure::Session(e.to_string());
-    let (endpoint, grant, host_key, addrs) = match (target.direct, target.grant.as_ref()) {
+    let (net, grant, host_key, addrs) = match (target.direct, target.grant.as_ref()) {
         (direct, Some(grant_path)) => {
-            let endpoint = client_endpoint(home).map_err(fail)?;
-            let (grant, host_key) = read_grant(grant_path, endpoint.node_id())?;
+            // A grant file works without the coordinator, so without its relay too.
+            let net = session_net(home, None).map_err(fail)?;
+            let (grant, host_key) = read_grant(grant_path, net.endpoint.node_id())?;
             let addrs = match direct {
                 Some(addr) => vec![addr],
                 None => grant_cache::addrs_for(home, host_key),
@@ -75,7 +76,7 @@ async fn session(home: &Path, request: Request) -> Result<u8, Failure> {
                     grant_path.display()
                 )));
             }
-            (endpoint, grant, host_key, addrs)
+            (net, grant, host_key, addrs)
         }
         (Some(_), None) => {
             return Err(Failure::Session(
@@ -103,7 +104,7 @@ async fn session(home: &Path, request: Request) -> Result<u8, Failure> {
         size: window_size(),
     });
 
-    let conn = connect(&endpoint, &addrs, host_key, &target.host).await?;
+    let conn = connect(&net, &addrs, host_key, &target.host).await?;
     let (send, recv) = conn
         .quic()
         .open_bi()
@@ -207,7 +208,7 @@ async fn by_name(
     host: &str,
     login: Option<&str>,
     command: bool,
-) -> Result<(Endpoint, Vec<u8>, mesh_proto::NodeId, Vec<SocketAddr>), Failure> {
+) -> Result<(NodeNet, Vec<u8>, mesh_proto::NodeId, Vec<SocketAddr>), Failure> {
     let fail = |e: mesh_node::Error| Failure::Session(e.to_string());
     let enrollment = Enrollment::load(home).map_err(fail)?.ok_or_else(|| {
         Failure::Session(format!(
@@ -215,7 +216,17 @@ async fn by_name(
             home.display()
         ))
     })?;
-    let endpoint = client_endpoint(home).map_err(fail)?;
+    // The coordinator's embedded relay carries the session until a direct path is confirmed;
+    // its connection comes up while the grant is asked for.
+    let net = session_net(
+        home,
+        Some(RelayContact {
+            key: enrollment.coordinator_key,
+            addrs: enrollment.coordinator_addrs.clone(),
+        }),
+    )
+    .map_err(fail)?;
+    let endpoint = net.endpoint.clone();
     let conn = match connect_coordinator(
         &endpoint,
         enrollment.coordinator_key,
@@ -244,7 +255,7 @@ async fn by_name(
                  {host} (valid until {})",
                 humantime::format_rfc3339_seconds(kept.not_after.to_system_time())
             );
-            return Ok((endpoint, kept.grant, kept.key, kept.addrs));
+            return Ok((net, kept.grant, kept.key, kept.addrs));
         }
     };
     let ask = ControlMessage::GrantRequest(SessionGrantRequest {
@@ -275,52 +286,42 @@ async fn by_name(
             tracing::warn!("cannot keep the offline grant: {e}");
         }
     }
-    Ok((
-        endpoint,
-        granted.grant,
-        granted.host.key,
-        granted.host.addrs,
-    ))
+    Ok((net, granted.grant, granted.host.key, granted.host.addrs))
 }
 
-/// How long one address of a host may take to answer before the next is tried.
-const ADDRESS_ATTEMPT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long a session waits for the relay connection (started with the grant request) before
+/// it goes ahead without it.
+const RELAY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Connects to the host `host_key` at the first of `addrs` that answers as that key.
+/// Connects to the host `host_key` through the path socket: its first packets go through the
+/// relay (or, without one, to the likeliest of `addrs`) while probes look for a direct path to
+/// any of `addrs`, which the connection moves to once confirmed.
 async fn connect(
-    endpoint: &Endpoint,
+    net: &NodeNet,
     addrs: &[SocketAddr],
     host_key: mesh_proto::NodeId,
     host: &str,
 ) -> Result<mesh_node::endpoint::Connection, Failure> {
-    let mut last = None;
-    for (i, addr) in addrs.iter().enumerate() {
-        let attempt = endpoint.connect(*addr, host_key, SESSION_ALPN);
-        // The last address gets the handshake's own timeout; earlier ones a shorter one.
-        let result = if i + 1 < addrs.len() {
-            tokio::time::timeout(ADDRESS_ATTEMPT, attempt)
-                .await
-                .unwrap_or_else(|_| Err(mesh_node::Error::Refused(format!("no answer at {addr}"))))
-        } else {
-            attempt.await
-        };
-        match result {
-            Ok(conn) => return Ok(conn),
-            Err(mesh_node::Error::WrongHostKey {
-                expected,
-                presented,
-            }) => {
-                last = Some(format!(
-                    "the host at {addr} is not the host this grant is for \
-                     (the grant names {expected}; {addr} presented {presented})"
-                ));
-            }
-            Err(e) => last = Some(format!("cannot reach {host} at {addr}: {e}")),
-        }
+    let mapped = net.socket.peer_addr(host_key, addrs);
+    net.socket.wait_for_relay(RELAY_WAIT).await;
+    let listed = addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    match net.endpoint.connect(mapped, host_key, SESSION_ALPN).await {
+        Ok(conn) => Ok(conn),
+        Err(mesh_node::Error::WrongHostKey {
+            expected,
+            presented,
+        }) => Err(Failure::Session(format!(
+            "the host at {listed} is not the host this grant is for (the grant names \
+             {expected}; it presented {presented})"
+        ))),
+        Err(e) => Err(Failure::Session(format!(
+            "cannot reach {host} at {listed} (directly or through the relay): {e}"
+        ))),
     }
-    Err(Failure::Session(
-        last.unwrap_or_else(|| format!("no address for {host}")),
-    ))
 }
 
 /// The locale variables, which the host passes through (as ssh's `SendEnv LANG LC_*`).

@@ -120,16 +120,19 @@ pub struct RelayCounters {
 
 struct Peer {
     conn: quinn::Connection,
-    /// Distinguishes this connection from a later one of the same key.
+    /// Distinguishes this connection from others of the same key.
     id: u64,
+    /// The process's instance, once it has sent something.
+    instance: Option<u64>,
 }
 
-/// The relay server.
+/// The relay server: the peers connected to it and what it counted. Who may connect is
+/// decided before a connection reaches it ([`serve`](Self::serve) asks a [`RelayPolicy`]; the
+/// coordinator asks its store).
 #[derive(Debug)]
-pub struct RelayServer<P> {
-    policy: P,
+pub struct RelayServer {
     limits: RelayLimits,
-    peers: Mutex<HashMap<NodeId, Peer>>,
+    peers: Mutex<HashMap<NodeId, Vec<Peer>>>,
     next_id: AtomicU64,
     counters: RelayCounters,
 }
@@ -140,11 +143,10 @@ impl std::fmt::Debug for Peer {
     }
 }
 
-impl<P: RelayPolicy> RelayServer<P> {
-    /// A relay letting in the keys `policy` allows, each within `limits`.
-    pub fn new(policy: P, limits: RelayLimits) -> Arc<Self> {
+impl RelayServer {
+    /// A relay holding each key within `limits`.
+    pub fn new(limits: RelayLimits) -> Arc<Self> {
         Arc::new(Self {
-            policy,
             limits,
             peers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -157,72 +159,120 @@ impl<P: RelayPolicy> RelayServer<P> {
         &self.counters
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<NodeId, Peer>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<NodeId, Vec<Peer>>> {
         self.peers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Serves relay connections on `endpoint` until `shutdown` completes.
-    pub async fn serve(self: Arc<Self>, endpoint: Endpoint, shutdown: impl Future<Output = ()>) {
+    /// Serves relay connections on `endpoint` until `shutdown` completes, letting in the keys
+    /// `policy` allows (a standalone relay).
+    pub async fn serve<P: RelayPolicy>(
+        self: Arc<Self>,
+        endpoint: Endpoint,
+        policy: Arc<P>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         endpoint
-            .accept_until(shutdown, |conn| self.clone().serve_connection(conn))
+            .accept_until(shutdown, |conn| {
+                let (relay, policy) = (self.clone(), policy.clone());
+                async move {
+                    if policy.allowed(conn.peer()).await {
+                        relay.serve_peer(conn).await;
+                    } else {
+                        relay.refuse(&conn);
+                    }
+                }
+            })
             .await;
         endpoint.close_and_flush(Duration::from_secs(1)).await;
     }
 
-    /// Serves one peer's connection until it ends.
-    pub async fn serve_connection(self: Arc<Self>, conn: Connection) {
+    /// Closes the connection of a key that may not use the relay, and counts it.
+    pub fn refuse(&self, conn: &Connection) {
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        conn.quic()
+            .close(1u32.into(), b"this key may not use the relay");
+    }
+
+    /// Serves one admitted peer's connection until it ends. One key may hold several
+    /// connections at once (each process of a device has its own); each says its instance
+    /// in every `Send`.
+    pub async fn serve_peer(self: Arc<Self>, conn: Connection) {
         let key = conn.peer();
-        if !self.policy.allowed(key).await {
-            self.counters.refused.fetch_add(1, Ordering::Relaxed);
-            conn.quic()
-                .close(1u32.into(), b"this key may not use the relay");
-            return;
-        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let quic = conn.quic().clone();
-        // A newer connection of the same key replaces the older one (a peer that restarted).
-        self.lock().insert(
-            key,
-            Peer {
-                conn: quic.clone(),
-                id,
-            },
-        );
+        self.lock().entry(key).or_default().push(Peer {
+            conn: quic.clone(),
+            id,
+            instance: None,
+        });
         tracing::debug!(peer = %key.short(), "relay peer connected");
         let mut budget = TokenBucket::new(self.limits, Instant::now());
         let mut told_unreachable: HashMap<NodeId, Instant> = HashMap::new();
         while let Ok(datagram) = quic.read_datagram().await {
-            self.handle(key, &quic, &datagram, &mut budget, &mut told_unreachable);
+            self.handle(
+                key,
+                id,
+                &quic,
+                &datagram,
+                &mut budget,
+                &mut told_unreachable,
+            );
         }
         let mut peers = self.lock();
-        if peers.get(&key).is_some_and(|p| p.id == id) {
-            peers.remove(&key);
+        if let Some(conns) = peers.get_mut(&key) {
+            conns.retain(|p| p.id != id);
+            if conns.is_empty() {
+                peers.remove(&key);
+            }
         }
+    }
+
+    /// The connection for `to`'s process `instance`, or `to`'s latest connection.
+    fn target(&self, to: NodeId, instance: Option<u64>) -> Option<quinn::Connection> {
+        let peers = self.lock();
+        let conns = peers.get(&to)?;
+        match instance {
+            Some(instance) => conns.iter().find(|p| p.instance == Some(instance)),
+            None => conns.last(),
+        }
+        .map(|p| p.conn.clone())
     }
 
     fn handle(
         &self,
         from: NodeId,
+        conn_id: u64,
         from_conn: &quinn::Connection,
         datagram: &[u8],
         budget: &mut TokenBucket,
         told_unreachable: &mut HashMap<NodeId, Instant>,
     ) {
-        let Ok(RelayMessage::Send(relay::Send { to, packet })) =
-            decode_exact::<RelayMessage>(datagram)
+        let Ok(RelayMessage::Send(relay::Send {
+            to,
+            to_instance,
+            from_instance,
+            packet,
+        })) = decode_exact::<RelayMessage>(datagram)
         else {
             self.counters.malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        // The connection's instance, as its process says (it only routes replies).
+        if let Some(me) = self
+            .lock()
+            .get_mut(&from)
+            .and_then(|conns| conns.iter_mut().find(|p| p.id == conn_id))
+        {
+            me.instance = Some(from_instance);
+        }
         let now = Instant::now();
         if !budget.take(packet.len(), now) {
             self.counters.over_limit.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let target = self.lock().get(&to).map(|p| p.conn.clone());
-        let Some(target) = target else {
+        let Some(target) = self.target(to, to_instance) else {
             self.counters.unreachable.fetch_add(1, Ordering::Relaxed);
             let due = told_unreachable
                 .get(&to)
@@ -241,7 +291,11 @@ impl<P: RelayPolicy> RelayServer<P> {
             return;
         };
         let len = packet.len();
-        let deliver = RelayMessage::Deliver(Deliver { from, packet });
+        let deliver = RelayMessage::Deliver(Deliver {
+            from,
+            from_instance,
+            packet,
+        });
         let sent =
             encode_frame(&deliver).is_ok_and(|bytes| target.send_datagram(bytes.into()).is_ok());
         if sent {

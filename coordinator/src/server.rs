@@ -14,6 +14,7 @@ use mesh_node::framed::{FrameReader, write_frame};
 use mesh_proto::audit::MAX_AUDIT_BATCH;
 use mesh_proto::codec::payload_len;
 use mesh_proto::grant::{OFFLINE_GRANT_DEFAULT_TTL, ONLINE_GRANT_DEFAULT_TTL, TEMPORARY_ROOT};
+use mesh_proto::messages::RELAY_ALPN;
 use mesh_proto::messages::control::{
     AuditAck, AuditList, AuditQuery, AuditUpload, ControlMessage, Done, Enroll, Enrolled, Failure,
     Granted, HostContact, HostEntry, HostSet, Hosts, InviteCreate, InviteEntry, InviteList,
@@ -33,6 +34,7 @@ use crate::model::{
     User, check_name, check_user_name,
 };
 use crate::policy::{Request, authorize};
+use crate::relay::{RelayLimits, RelayServer};
 use crate::store::{AuditFilter, Store, StoreError};
 
 /// How long an enrollment token is valid.
@@ -54,6 +56,9 @@ pub struct Coordinator<S> {
     /// replays exactly).
     presence: Mutex<BTreeMap<NodeId, Presence>>,
     next_presence: AtomicU64,
+    /// The embedded relay, for enrolled devices and hosts (ALPN `mesh/relay/1` on the same
+    /// endpoint).
+    relay: Arc<RelayServer>,
 }
 
 impl<S> std::fmt::Debug for Coordinator<S> {
@@ -91,6 +96,18 @@ fn directory_page(
     Ok(Hosts { hosts: page, next })
 }
 
+/// The protocols a coordinator's endpoint serves: control, and its embedded relay.
+pub const COORDINATOR_ALPNS: &[&[u8]] = &[mesh_proto::messages::CONTROL_ALPN, RELAY_ALPN];
+
+/// How a coordinator's endpoint is built: its connections start large enough for relayed
+/// packets.
+pub fn endpoint_options() -> mesh_node::endpoint::EndpointOptions {
+    mesh_node::endpoint::EndpointOptions {
+        initial_mtu: mesh_node::path::relay_client::RELAY_INITIAL_MTU,
+        ..mesh_node::endpoint::EndpointOptions::default()
+    }
+}
+
 /// A host's live presence stream.
 struct Presence {
     id: u64,
@@ -116,6 +133,7 @@ impl<S: Store> Coordinator<S> {
             clock,
             presence: Mutex::new(BTreeMap::new()),
             next_presence: AtomicU64::new(1),
+            relay: RelayServer::new(RelayLimits::default()),
         })
     }
 
@@ -132,7 +150,26 @@ impl<S: Store> Coordinator<S> {
         endpoint.close_and_flush(Duration::from_secs(1)).await;
     }
 
+    /// The embedded relay.
+    pub fn relay(&self) -> &Arc<RelayServer> {
+        &self.relay
+    }
+
+    /// Whether `key` may use the embedded relay: an enrolled device not revoked, or a host.
+    async fn relay_allowed(&self, key: NodeId) -> bool {
+        matches!(self.store.device(key).await, Ok(Some(_)))
+            || matches!(self.store.host_by_key(key).await, Ok(Some(_)))
+    }
+
     async fn serve_connection(self: Arc<Self>, conn: Connection) {
+        if conn.alpn() == RELAY_ALPN {
+            if self.relay_allowed(conn.peer()).await {
+                self.relay.clone().serve_peer(conn).await;
+            } else {
+                self.relay.refuse(&conn);
+            }
+            return;
+        }
         while let Ok((send, recv)) = conn.quic().accept_bi().await {
             let this = self.clone();
             let conn = conn.clone();

@@ -82,11 +82,15 @@ async fn a_connection_starts_on_the_relay_and_moves_to_a_confirmed_direct_path()
         .lock()
         .unwrap()
         .extend([host_key.node_id(), client_key.node_id()]);
-    let relay = RelayServer::new(allowed, RelayLimits::default());
+    let relay = RelayServer::new(RelayLimits::default());
     let relay_endpoint =
         Endpoint::with_options(relay_key.clone(), udp(), &[RELAY_ALPN], RELAY_MTU).unwrap();
     let relay_addr = relay_endpoint.local_addr().unwrap();
-    tokio::spawn(relay.clone().serve(relay_endpoint, std::future::pending()));
+    tokio::spawn(
+        relay
+            .clone()
+            .serve(relay_endpoint, Arc::new(allowed), std::future::pending()),
+    );
 
     let host = node(&host_key, relay_addr, &relay_key, &[ALPN]).await;
     let server = host.endpoint.clone();
@@ -165,6 +169,7 @@ async fn a_connection_starts_on_the_relay_and_moves_to_a_confirmed_direct_path()
     let ping = Probe {
         kind: ProbeKind::Ping,
         sender: client_key.node_id(),
+        sender_instance: client.socket.instance(),
         receiver: host_key.node_id(),
         nonce: [7; 16],
         sent_at: mesh_proto::Clock::now(&SystemClock),

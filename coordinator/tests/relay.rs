@@ -51,10 +51,14 @@ async fn the_relay_forwards_between_allowed_keys_and_refuses_the_rest() {
         bytes_per_sec: 100_000,
         burst: 50_000,
     };
-    let relay = RelayServer::new(allowed, limits);
+    let relay = RelayServer::new(limits);
     let relay_endpoint = endpoint(&relay_key, &[RELAY_ALPN]);
     let relay_addr = relay_endpoint.local_addr().unwrap();
-    tokio::spawn(relay.clone().serve(relay_endpoint, std::future::pending()));
+    tokio::spawn(
+        relay
+            .clone()
+            .serve(relay_endpoint, Arc::new(allowed), std::future::pending()),
+    );
 
     let client_a = RelayClient::connect(&endpoint(&a, &[]), relay_addr, relay_key.node_id())
         .await
@@ -71,7 +75,7 @@ async fn the_relay_forwards_between_allowed_keys_and_refuses_the_rest() {
     let packet: Vec<u8> = (0..1200u32).map(|i| (i % 251) as u8).collect();
     // B's registration may trail its handshake: retry until it is in.
     let got = loop {
-        client_a.send(b.node_id(), packet.clone()).unwrap();
+        client_a.send(b.node_id(), None, 1, packet.clone()).unwrap();
         match tokio::time::timeout(Duration::from_millis(200), client_b.recv()).await {
             Ok(got) => break got.unwrap(),
             Err(_) => continue,
@@ -81,12 +85,15 @@ async fn the_relay_forwards_between_allowed_keys_and_refuses_the_rest() {
         got,
         FromRelay::Packet {
             from: a.node_id(),
+            from_instance: 1,
             packet: packet.clone()
         }
     );
 
     // C is allowed but not connected.
-    client_a.send(c.node_id(), b"hello?".to_vec()).unwrap();
+    client_a
+        .send(c.node_id(), None, 1, b"hello?".to_vec())
+        .unwrap();
     // Nothing else is addressed to A.
     assert_eq!(
         recv(&client_a).await,
@@ -109,7 +116,7 @@ async fn the_relay_forwards_between_allowed_keys_and_refuses_the_rest() {
 
     // 100 packets of 1200 bytes at once: far over a 50 kB burst.
     for _ in 0..100 {
-        let _ = client_a.send(b.node_id(), packet.clone());
+        let _ = client_a.send(b.node_id(), None, 1, packet.clone());
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while relay.counters().over_limit.load(Ordering::Relaxed) == 0 {

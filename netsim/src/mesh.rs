@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_coordinator::model::InviteFor;
-use mesh_coordinator::server::Coordinator;
+use mesh_coordinator::server::{COORDINATOR_ALPNS, Coordinator, endpoint_options};
 use mesh_coordinator::store::memory::MemoryStore;
 use mesh_node::agent::config::AgentConfig;
 use mesh_node::agent::presence::{HostState, Jitter};
@@ -20,13 +20,17 @@ use mesh_node::agent::revocations::Revocations;
 use mesh_node::agent::{AgentParts, serve};
 use mesh_node::audit::AuditLog;
 use mesh_node::control::{Enrollment, connect_coordinator, directory, enroll, request};
-use mesh_node::endpoint::{Connection, Endpoint};
+use mesh_node::endpoint::{Connection, Endpoint, EndpointOptions};
+use mesh_node::path::net::{NetOptions, NodeNet, RelayContact};
+use mesh_node::path::socket::PathSocket;
+use mesh_node::path::state::Path;
 use mesh_node::session::client::{SessionInput, SessionOutcome, SessionRequest, open_session};
 use mesh_node::session::fake_shell::FakeShellBackend;
 use mesh_node::session::host::LoginPolicy;
+use mesh_proto::messages::SESSION_ALPN;
 use mesh_proto::messages::control::{ControlMessage, SessionGrantRequest};
 use mesh_proto::messages::session::LoginRequest;
-use mesh_proto::messages::{CONTROL_ALPN, SESSION_ALPN};
+use mesh_proto::socket::DatagramSocket;
 use mesh_proto::token::TokenKind;
 use mesh_proto::{CaSigner, Clock, SecretKey, UnixTime};
 use rand::{RngCore, SeedableRng};
@@ -45,8 +49,6 @@ pub const AGENT_PORT: u16 = 7422;
 pub const LOGIN: &str = "root";
 /// Wall-clock time when every simulation starts: 2026-01-01T00:00:00Z.
 pub const EPOCH_MS: u64 = 1_767_225_600_000;
-/// How long a client waits for one host address to answer before the next.
-const ADDRESS_ATTEMPT: Duration = Duration::from_secs(3);
 
 /// A wall clock that follows the simulation's virtual time from [`EPOCH_MS`].
 #[derive(Debug)]
@@ -108,6 +110,7 @@ struct AgentSetup {
 struct AgentHandle {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    socket: Arc<PathSocket>,
 }
 
 /// An enrolled client device.
@@ -137,6 +140,8 @@ pub struct ExecReport {
     pub outcome: String,
     /// Bytes sent as stdin.
     pub bytes_up: u64,
+    /// QUIC bytes this client sent through the relay.
+    pub relay_bytes: u64,
     /// The output (stdout and stderr together, in arrival order of each stream).
     pub stdout: Vec<u8>,
     /// Standard error.
@@ -155,6 +160,7 @@ impl ExecReport {
             rtt: None,
             outcome: outcome.into(),
             bytes_up,
+            relay_bytes: 0,
             stdout: Vec::new(),
             stderr: Vec::new(),
         }
@@ -250,15 +256,17 @@ impl Mesh {
             .binder(host)
             .bind_sim(COORDINATOR_PORT)
             .map_err(|e| e.to_string())?;
-        let addr =
-            mesh_proto::socket::DatagramSocket::local_addr(&*socket).map_err(|e| e.to_string())?;
+        let addr = DatagramSocket::local_addr(&*socket).map_err(|e| e.to_string())?;
         let key = key_for(self.seed, "coordinator");
         let ca = CaSigner::new(key_for(self.seed, "ca"));
-        let endpoint = Endpoint::new_seeded(
+        let endpoint = Endpoint::with_options(
             key.clone(),
             socket,
-            &[CONTROL_ALPN],
-            quinn_seed(self.seed, &purpose),
+            COORDINATOR_ALPNS,
+            EndpointOptions {
+                seed: Some(quinn_seed(self.seed, &purpose)),
+                ..endpoint_options()
+            },
         )
         .map_err(|e| e.to_string())?;
         let coordinator = Coordinator::new(
@@ -347,18 +355,24 @@ impl Mesh {
             .binder(setup.host)
             .bind_sim(AGENT_PORT)
             .map_err(|e| e.to_string())?;
-        let endpoint = Endpoint::new_seeded(
-            setup.key.clone(),
-            socket,
-            &[SESSION_ALPN],
-            quinn_seed(self.seed, &purpose),
-        )
-        .map_err(|e| e.to_string())?;
+        let local = DatagramSocket::local_addr(&*socket).map_err(|e| e.to_string())?;
         let ca_keys = setup
             .enrollment
             .ca_key_set()
             .ok_or("the enrollment names no CA key")?;
         let state = HostState::new(self.clock.clone());
+        let net = start_net(
+            &self.world,
+            self.seed,
+            setup.host,
+            &setup.key,
+            socket,
+            state.clone(),
+            vec![SESSION_ALPN],
+            Some(&setup.enrollment),
+            &purpose,
+        )?;
+        let endpoint = net.endpoint.clone();
         let config = AgentConfig::default();
         let spool = self.spool_root.path().join(name);
         let audit = AuditLog::open(
@@ -371,6 +385,7 @@ impl Mesh {
         let parts = AgentParts {
             key: setup.key,
             endpoint,
+            local,
             enrollment: Some(setup.enrollment),
             revocations: Revocations::in_memory(ca_keys.clone()),
             ca_keys,
@@ -392,8 +407,14 @@ impl Mesh {
                 tracing::warn!(host = %label, "agent stopped: {e}");
             }
         });
-        self.agents
-            .insert(name.to_owned(), AgentHandle { stop, task });
+        self.agents.insert(
+            name.to_owned(),
+            AgentHandle {
+                stop,
+                task,
+                socket: net.socket,
+            },
+        );
         Ok(())
     }
 
@@ -405,7 +426,8 @@ impl Mesh {
             .ok_or_else(|| format!("no agent runs on {name:?}"))?;
         agent.task.abort();
         drop(agent.stop);
-        // The endpoint's driver task outlives the aborted agent task; its socket must not.
+        // The endpoint's driver task outlives the aborted agent task; its sockets must not.
+        agent.socket.kill();
         let host = self.host_index(name)?;
         self.world.kill_socket(host, AGENT_PORT);
         Ok(())
@@ -563,7 +585,42 @@ impl Client {
         started: Instant,
         report: &mut ExecReport,
     ) -> Result<(), String> {
-        let (endpoint, conn) = self.coordinator().await?;
+        let device = &self.device;
+        let primary = self
+            .world
+            .binder(device.host)
+            .bind_sim(0)
+            .map_err(|e| e.to_string())?;
+        let primary_port = DatagramSocket::local_addr(&*primary)
+            .map_err(|e| e.to_string())?
+            .port();
+        // As `mesh exec` does: the relay connection comes up while the grant is asked for.
+        let net = start_net(
+            &self.world,
+            self.seed,
+            device.host,
+            &device.key,
+            primary,
+            SimClock::new(),
+            Vec::new(),
+            Some(&device.enrollment),
+            // Two commands started at once differ by their socket's port: each process needs
+            // its own randomness (its path socket's instance above all).
+            &format!(
+                "client {} {} {}",
+                self.name,
+                self.world.now().as_nanos(),
+                primary_port
+            ),
+        )?;
+        let endpoint = net.endpoint.clone();
+        let conn = connect_coordinator(
+            &endpoint,
+            device.enrollment.coordinator_key,
+            &device.enrollment.coordinator_addrs,
+        )
+        .await
+        .map_err(|e| format!("no coordinator: {e}"))?;
         let ask = ControlMessage::GrantRequest(SessionGrantRequest {
             host: host.to_owned(),
             login: Some(LOGIN.to_owned()),
@@ -574,23 +631,17 @@ impl Client {
         let ControlMessage::Granted(granted) = reply else {
             return Err(format!("unexpected reply {reply:?}"));
         };
-        let mut session_conn = None;
-        for addr in &granted.host.addrs {
-            let attempt = endpoint.connect(*addr, granted.host.key, SESSION_ALPN);
-            if let Ok(Ok(conn)) = tokio::time::timeout(ADDRESS_ATTEMPT, attempt).await {
-                report.remote_addr = Some(*addr);
-                report.time_to_direct = Some(started.elapsed());
-                report.path = "direct".into();
-                session_conn = Some(conn);
-                break;
-            }
-        }
-        let Some(conn) = session_conn else {
-            return Err(format!(
-                "no direct path to {host} at {:?}",
-                granted.host.addrs
-            ));
-        };
+        let mapped = net.socket.peer_addr(granted.host.key, &granted.host.addrs);
+        net.socket.wait_for_relay(Duration::from_secs(2)).await;
+        let conn = endpoint
+            .connect(mapped, granted.host.key, SESSION_ALPN)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot reach {host} at {:?} (directly or through the relay): {e}",
+                    granted.host.addrs
+                )
+            })?;
         let (send, recv) = conn.quic().open_bi().await.map_err(|e| e.to_string())?;
         let session = open_session(
             send,
@@ -631,6 +682,22 @@ impl Client {
         report.stdout = stdout.bytes;
         report.stderr = stderr;
         report.rtt = Some(conn.quic().rtt());
+        let info = net.socket.path_info(granted.host.key);
+        let counters = net.socket.counters();
+        report.relay_bytes = counters.relay_bytes;
+        match info.map(|i| (i.path, i.direct_since)) {
+            Some((Path::Direct(addr), since)) => {
+                report.path = "direct".into();
+                report.remote_addr = Some(addr);
+                report.time_to_direct = since.map(|s| s.saturating_duration_since(started));
+            }
+            Some((Path::Relay, _)) => report.path = "relay".into(),
+            Some((Path::Guess(addr), _)) => {
+                report.path = "direct".into();
+                report.remote_addr = Some(addr);
+            }
+            _ => {}
+        }
         report.outcome = match outcome {
             Ok(SessionOutcome::Exited(mesh_proto::messages::session::ExitStatus::Code(c))) => {
                 format!("exit {c}")
@@ -648,6 +715,38 @@ impl Client {
         endpoint.close();
         Ok(())
     }
+}
+
+/// A node's path socket, endpoint and relay connection (to the coordinator named by
+/// `enrollment`) on the simulated host `host`, as agents and `mesh exec` start them.
+#[allow(clippy::too_many_arguments)]
+fn start_net(
+    world: &World,
+    seed: u64,
+    host: usize,
+    key: &SecretKey,
+    primary: Arc<crate::world::SimSocket>,
+    clock: Arc<dyn Clock>,
+    accept_alpns: Vec<&'static [u8]>,
+    enrollment: Option<&Enrollment>,
+    purpose: &str,
+) -> Result<NodeNet, String> {
+    NodeNet::start(
+        key.clone(),
+        primary,
+        Arc::new(world.binder(host)),
+        clock,
+        NetOptions {
+            accept_alpns,
+            relay: enrollment.map(|e| RelayContact {
+                key: e.coordinator_key,
+                addrs: e.coordinator_addrs.clone(),
+            }),
+            seed: Some(quinn_seed(seed, purpose)),
+            jitter: Jitter::seeded(fnv1a(purpose) ^ seed),
+        },
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// A client endpoint on a fresh ephemeral port of `host`, its quinn randomness from the seed,

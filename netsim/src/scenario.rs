@@ -221,7 +221,7 @@ pub struct ConnectionReport {
     pub bytes_up: u64,
     /// Bytes of output received.
     pub bytes_down: u64,
-    /// Bytes that went through a relay (none until the relay exists).
+    /// QUIC bytes the client sent through the relay.
     pub relay_bytes: u64,
     /// How it ended.
     pub outcome: String,
@@ -492,7 +492,7 @@ impl Scenario {
                 bytes_up: report.bytes_up,
                 bytes_down: u64::try_from(report.stdout.len() + report.stderr.len())
                     .unwrap_or(u64::MAX),
-                relay_bytes: 0,
+                relay_bytes: report.relay_bytes,
                 outcome: report.outcome,
                 intact,
             });

@@ -271,7 +271,37 @@ pub async fn connect_from_home(home: &Path) -> Result<ClientLink, Error> {
     })
 }
 
-/// An endpoint with the home's key on a fresh UDP socket (all interfaces, any port).
+/// A client's networking for sessions: the path socket on a fresh UDP port and, when `relay`
+/// is given, a connection to that relay kept up beside it.
+pub fn session_net(
+    home: &Path,
+    relay: Option<crate::path::net::RelayContact>,
+) -> Result<crate::path::net::NodeNet, Error> {
+    let key = crate::keyfile::read_secret_key(&home.join(crate::agent::KEY_FILE))?;
+    let socket =
+        crate::udp::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))).map_err(|source| {
+            Error::Io {
+                what: "cannot open a UDP socket",
+                path: home.to_owned(),
+                source,
+            }
+        })?;
+    crate::path::net::NodeNet::start(
+        key,
+        std::sync::Arc::new(socket),
+        std::sync::Arc::new(crate::udp::UdpBinder),
+        std::sync::Arc::new(mesh_proto::SystemClock),
+        crate::path::net::NetOptions {
+            accept_alpns: Vec::new(),
+            relay,
+            seed: None,
+            jitter: crate::agent::presence::Jitter::from_entropy(),
+        },
+    )
+}
+
+/// An endpoint with the home's key on a fresh UDP socket (all interfaces, any port), for
+/// requests to the coordinator.
 pub fn client_endpoint(home: &Path) -> Result<Endpoint, Error> {
     let key = crate::keyfile::read_secret_key(&home.join(crate::agent::KEY_FILE))?;
     let socket =

@@ -172,6 +172,10 @@ impl Endpoint {
     ) -> Result<Self, Error> {
         let mut endpoint_config = quinn::EndpointConfig::default();
         endpoint_config.rng_seed(options.seed);
+        // The path socket tells probes from QUIC by the first byte (a probe's is 0x00, a QUIC
+        // packet's has the fixed bit 0x40 set): a peer that greased the fixed bit would have
+        // some of its packets mistaken for probes and dropped.
+        endpoint_config.grease_quic_bit(false);
         let server = if accept_alpns.is_empty() {
             None
         } else {

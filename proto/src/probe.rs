@@ -61,6 +61,9 @@ pub struct Probe {
     pub kind: ProbeKind,
     /// Who sent it (and signed it).
     pub sender: NodeId,
+    /// Which of the sender's processes: its path socket's random instance (one key may run in
+    /// several processes at once).
+    pub sender_instance: u64,
     /// Who it is for.
     pub receiver: NodeId,
     /// Random, never reused.
@@ -208,6 +211,7 @@ mod tests {
         Probe {
             kind: ProbeKind::Ping,
             sender: from.node_id(),
+            sender_instance: 1,
             receiver: to,
             nonce: [nonce; 16],
             sent_at: UnixTime::from_millis(at),

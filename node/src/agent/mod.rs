@@ -22,6 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use mesh_proto::messages::SESSION_ALPN;
+use mesh_proto::socket::DatagramSocket;
 use mesh_proto::{CaKeySet, SecretKey};
 use nix::unistd::Uid;
 
@@ -30,13 +31,14 @@ use crate::control::{EnrolledAs, Enrollment};
 use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::keyfile::load_or_create_secret_key;
+use crate::path::net::{NetOptions, NodeNet, RelayContact};
 use crate::session::gate::Gate;
 use crate::session::host::{
     HostPolicy, LoginPolicy, ProcessBackend, SessionBackend, SessionHost, SessionProgram,
 };
 use crate::session::limits::SessionCounter;
 use crate::temp_accounts::TempAccounts;
-use crate::udp::UdpSocket;
+use crate::udp::{UdpBinder, UdpSocket};
 use config::AgentConfig;
 use presence::{HostState, Jitter, run_presence};
 use revocations::Revocations;
@@ -82,8 +84,29 @@ pub async fn run(
         addr: config.listen,
         source,
     })?;
-    let endpoint = Endpoint::new(key.clone(), Arc::new(socket), &[SESSION_ALPN])?;
+    let local = socket.local_addr().map_err(|source| Error::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let state = HostState::new(clock);
+    // The coordinator's embedded relay, for clients that cannot reach this host directly.
+    let relay = enrollment.as_ref().map(|e| RelayContact {
+        key: e.coordinator_key,
+        addrs: e.coordinator_addrs.clone(),
+    });
+    let net = NodeNet::start(
+        key.clone(),
+        Arc::new(socket),
+        Arc::new(UdpBinder),
+        state.clone(),
+        NetOptions {
+            accept_alpns: vec![SESSION_ALPN],
+            relay,
+            seed: None,
+            jitter: Jitter::from_entropy(),
+        },
+    )?;
+    let endpoint = net.endpoint;
     let revocations = Revocations::load(home, ca_keys.clone())?;
     let temp_accounts = if Uid::effective().is_root() {
         let accounts = TempAccounts::open(home, key.node_id())?;
@@ -104,6 +127,7 @@ pub async fn run(
     let parts = AgentParts {
         key,
         endpoint,
+        local,
         enrollment,
         ca_keys,
         logins: login_policy(config.allowed_logins.clone()),
@@ -126,6 +150,9 @@ pub struct AgentParts<B> {
     pub key: SecretKey,
     /// The endpoint (under [`SESSION_ALPN`]) sessions and the presence stream use.
     pub endpoint: Endpoint,
+    /// The address its primary socket is bound to (what it tells the coordinator it listens
+    /// on).
+    pub local: std::net::SocketAddr,
     /// Its enrollment, if enrolled (then it keeps a presence stream to the coordinator).
     pub enrollment: Option<Enrollment>,
     /// The CA keys grants must be signed by.
@@ -156,6 +183,7 @@ pub async fn serve<B: SessionBackend>(
     let AgentParts {
         key,
         endpoint,
+        local,
         enrollment,
         ca_keys,
         logins,
@@ -187,10 +215,6 @@ pub async fn serve<B: SessionBackend>(
         clock: state.clone(),
     };
     let sessions = SessionHost::new(gate, policy, backend);
-    let local = endpoint.local_addr().map_err(|source| Error::Listen {
-        addr: config.listen,
-        source,
-    })?;
     tracing::info!(
         "mesh agent {} listening on {local} (sessions for {:?})",
         key.node_id(),

@@ -24,17 +24,28 @@ pub fn is_mapped(addr: SocketAddr) -> bool {
     }
 }
 
-/// Peer keys ↔ mapped addresses, allocated on first use.
+/// One remote process: a peer key and, when known, which of that key's processes (its path
+/// socket's random instance; one device may run several `mesh exec` at once). A client's
+/// entry for a host it dials starts without an instance and learns it from the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId {
+    /// The peer's key.
+    pub key: NodeId,
+    /// Its process, if known.
+    pub instance: Option<u64>,
+}
+
+/// Peers ↔ mapped addresses, allocated on first use.
 #[derive(Debug, Default)]
 pub struct MappedAddrs {
-    by_peer: HashMap<NodeId, SocketAddr>,
-    by_addr: HashMap<SocketAddr, NodeId>,
+    by_peer: HashMap<PeerId, SocketAddr>,
+    by_addr: HashMap<SocketAddr, PeerId>,
     next: u64,
 }
 
 impl MappedAddrs {
     /// The peer's mapped address, allocating one the first time.
-    pub fn addr_of(&mut self, peer: NodeId) -> SocketAddr {
+    pub fn addr_of(&mut self, peer: PeerId) -> SocketAddr {
         if let Some(addr) = self.by_peer.get(&peer) {
             return *addr;
         }
@@ -58,12 +69,12 @@ impl MappedAddrs {
     }
 
     /// The peer's mapped address, if it has one already.
-    pub fn known_addr_of(&self, peer: NodeId) -> Option<SocketAddr> {
+    pub fn known_addr_of(&self, peer: PeerId) -> Option<SocketAddr> {
         self.by_peer.get(&peer).copied()
     }
 
     /// The peer behind a mapped address, if it is one of ours.
-    pub fn peer_of(&self, addr: SocketAddr) -> Option<NodeId> {
+    pub fn peer_of(&self, addr: SocketAddr) -> Option<PeerId> {
         self.by_addr.get(&addr).copied()
     }
 }
@@ -74,10 +85,17 @@ mod tests {
     use mesh_proto::SecretKey;
 
     #[test]
-    fn each_peer_gets_one_stable_address_that_maps_back_and_is_never_real() {
+    fn each_peer_process_gets_one_stable_address_that_maps_back_and_is_never_real() {
+        let key = |n| SecretKey::from_seed(&[n; 32]).node_id();
         let (a, b) = (
-            SecretKey::from_seed(&[1; 32]).node_id(),
-            SecretKey::from_seed(&[2; 32]).node_id(),
+            PeerId {
+                key: key(1),
+                instance: None,
+            },
+            PeerId {
+                key: key(1),
+                instance: Some(7),
+            },
         );
         let mut table = MappedAddrs::default();
         let addr_a = table.addr_of(a);

@@ -3,6 +3,7 @@
 //! path — a confirmed direct address or the relay — and keeps probing the others.
 //!
 //! - [`mapped`]: the stable made-up address quinn sees for each peer.
+//! - [`net`]: a node's path socket, endpoint and relay connection, started together.
 //! - [`relay_client`]: a connection to a relay, peers' packets as QUIC datagrams.
 //! - [`socket`]: the path socket quinn runs on.
 //! - [`state`]: one peer's candidate paths and the choice between them, a state machine that
@@ -12,6 +13,7 @@
 //! [`mesh_proto::probe`].
 
 pub mod mapped;
+pub mod net;
 pub mod relay_client;
 pub mod socket;
 pub mod state;

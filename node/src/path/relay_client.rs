@@ -19,6 +19,8 @@ pub enum FromRelay {
     Packet {
         /// The sender.
         from: NodeId,
+        /// The sender's process.
+        from_instance: u64,
         /// The packet.
         packet: Vec<u8>,
     },
@@ -48,11 +50,23 @@ impl RelayClient {
         Ok(Self { conn })
     }
 
-    /// Sends `packet` to `to` through the relay. A packet that does not fit a datagram now is
+    /// Sends `packet` from this process (`from_instance`) to `to`'s process `to_instance` (or
+    /// its latest) through the relay. A packet that does not fit a datagram now is
     /// an error, like a UDP send of an oversized packet; a full queue drops it silently.
-    pub fn send(&self, to: NodeId, packet: Vec<u8>) -> Result<(), Error> {
-        let bytes = encode_frame(&RelayMessage::Send(relay::Send { to, packet }))
-            .map_err(Error::Protocol)?;
+    pub fn send(
+        &self,
+        to: NodeId,
+        to_instance: Option<u64>,
+        from_instance: u64,
+        packet: Vec<u8>,
+    ) -> Result<(), Error> {
+        let bytes = encode_frame(&RelayMessage::Send(relay::Send {
+            to,
+            to_instance,
+            from_instance,
+            packet,
+        }))
+        .map_err(Error::Protocol)?;
         match self.conn.quic().send_datagram(bytes.into()) {
             Ok(()) => Ok(()),
             Err(quinn::SendDatagramError::ConnectionLost(e)) => Err(Error::Connection(e)),
@@ -73,6 +87,7 @@ impl RelayClient {
                 Ok(RelayMessage::Deliver(d)) => {
                     return Ok(FromRelay::Packet {
                         from: d.from,
+                        from_instance: d.from_instance,
                         packet: d.packet,
                     });
                 }
@@ -86,6 +101,16 @@ impl RelayClient {
         }
     }
 
+    /// Closes the relay connection.
+    pub fn close(&self) {
+        self.conn.quic().close(0u32.into(), b"closed");
+    }
+
+    /// Completes when the relay connection has closed.
+    pub async fn closed(&self) {
+        self.conn.quic().closed().await;
+    }
+
     /// The largest peer packet that fits one datagram now.
     pub fn max_packet(&self) -> Option<usize> {
         self.conn
@@ -94,6 +119,12 @@ impl RelayClient {
             .map(|size| size.saturating_sub(RELAY_FRAMING))
     }
 }
+
+/// The UDP payload size relay connections start with: a peer's largest first packet (a
+/// 1,200-byte QUIC Initial) plus [`RELAY_FRAMING`] plus the relay connection's own QUIC
+/// overhead (a short header, a DATAGRAM frame header and the AEAD tag, under 40 bytes) fits
+/// from the first packet, while staying far below a 1,500-byte Ethernet MTU.
+pub const RELAY_INITIAL_MTU: u16 = 1300;
 
 /// Bytes a `Send` or `Deliver` frame adds around a packet: the frame header (7), the key (32)
 /// and the packet's length (at most 3 as a varint), rounded up.

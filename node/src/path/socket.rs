@@ -27,7 +27,7 @@ use mesh_proto::socket::DatagramSocket;
 use mesh_proto::{Clock, NodeId, SecretKey};
 use tokio::time::Instant;
 
-use super::mapped::{MappedAddrs, is_mapped};
+use super::mapped::{MappedAddrs, PeerId, is_mapped};
 use super::relay_client::{FromRelay, RelayClient};
 use super::state::{Path, PeerPaths, Source};
 
@@ -53,9 +53,9 @@ pub struct PathCounters {
 
 struct Inner {
     mapped: MappedAddrs,
-    peers: HashMap<NodeId, PeerPaths>,
+    peers: HashMap<PeerId, Peer>,
     /// Which peer each known direct address belongs to.
-    owners: HashMap<SocketAddr, NodeId>,
+    owners: HashMap<SocketAddr, PeerId>,
     relay: Option<RelayClient>,
     relay_inbox: VecDeque<(Vec<u8>, SocketAddr)>,
     recv_waker: Option<Waker>,
@@ -63,12 +63,71 @@ struct Inner {
     counters: PathCounters,
 }
 
+/// One remote process's paths, and its instance once learned (for an entry made before it
+/// was known).
+#[derive(Debug, Default)]
+struct Peer {
+    paths: PeerPaths,
+    instance: Option<u64>,
+}
+
+impl Inner {
+    /// The entry for `key`'s process `instance`: its own, else the key's entry without an
+    /// instance (a host this client dialed), which learns it, else a new one.
+    fn resolve(&mut self, key: NodeId, instance: u64) -> PeerId {
+        let exact = PeerId {
+            key,
+            instance: Some(instance),
+        };
+        let dialed = PeerId {
+            key,
+            instance: None,
+        };
+        let id = if self.peers.contains_key(&exact) {
+            exact
+        } else if let Some(peer) = self.peers.get_mut(&dialed) {
+            // A host runs one agent; a dialed peer that answers from another process has
+            // restarted: follow it.
+            peer.instance = Some(instance);
+            dialed
+        } else {
+            exact
+        };
+        let has_relay = self.relay.is_some();
+        let peer = self.peers.entry(id).or_default();
+        peer.instance.get_or_insert(instance);
+        peer.paths.set_relay(has_relay);
+        self.mapped.addr_of(id);
+        id
+    }
+
+    /// The first entry of `key` (the dialed one if any), for reports.
+    fn entry_of(&mut self, key: NodeId) -> Option<&mut Peer> {
+        let id = self
+            .peers
+            .keys()
+            .filter(|id| id.key == key)
+            .min_by_key(|id| id.instance)
+            .copied()?;
+        self.peers.get_mut(&id)
+    }
+}
+
 /// The path socket (see the module docs).
 pub struct PathSocket {
     key: SecretKey,
+    /// This process's instance: probes and relay frames carry it, so peers can tell this
+    /// process from others with the same key.
+    instance: u64,
     udp: Arc<dyn DatagramSocket>,
     clock: Arc<dyn Clock>,
     inner: Mutex<Inner>,
+    /// Whether a relay connection is up.
+    relay_up: tokio::sync::watch::Sender<bool>,
+    /// Set by [`kill`](Self::kill): sends nothing, takes no relay.
+    dead: std::sync::atomic::AtomicBool,
+    /// Nonces handed out so far.
+    nonces: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for PathSocket {
@@ -87,14 +146,30 @@ pub struct PathInfo {
     pub path: Path,
     /// Its round trip, when direct and confirmed.
     pub rtt: Option<Duration>,
+    /// Since when it has been direct.
+    pub direct_since: Option<Instant>,
 }
 
 impl PathSocket {
     /// A path socket for `key` over the primary socket `udp`; probe times come from `clock`
     /// (corrected to the coordinator's). Spawn [`drive`](Self::drive) next to it.
     pub fn new(key: SecretKey, udp: Arc<dyn DatagramSocket>, clock: Arc<dyn Clock>) -> Arc<Self> {
+        let mut instance = [0u8; 8];
+        // Without randomness, a fixed instance only stops two processes of one key at once.
+        let _ = getrandom::fill(&mut instance);
+        Self::with_instance(key, udp, clock, u64::from_le_bytes(instance))
+    }
+
+    /// Like [`new`](Self::new) with a given instance (a simulation's, from its seed).
+    pub fn with_instance(
+        key: SecretKey,
+        udp: Arc<dyn DatagramSocket>,
+        clock: Arc<dyn Clock>,
+        instance: u64,
+    ) -> Arc<Self> {
         Arc::new(Self {
             key,
+            instance,
             udp,
             clock,
             inner: Mutex::new(Inner {
@@ -107,7 +182,42 @@ impl PathSocket {
                 replay: ReplayGuard::default(),
                 counters: PathCounters::default(),
             }),
+            relay_up: tokio::sync::watch::Sender::new(false),
+            dead: std::sync::atomic::AtomicBool::new(false),
+            nonces: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Stops the socket for good, as its process's death would: nothing more is sent on any
+    /// path and the relay connection is closed (a simulated kill).
+    pub fn kill(&self) {
+        self.dead.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(relay) = self.lock().relay.take() {
+            relay.close();
+        }
+        self.clear_relay();
+    }
+
+    /// A nonce never used before by this socket: its instance and a counter. Nonces need to be
+    /// unique, not secret (a probe is signed), and a counter keeps simulated runs exact.
+    fn next_nonce(&self) -> [u8; 16] {
+        let n = self
+            .nonces
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut nonce = [0u8; 16];
+        nonce[..8].copy_from_slice(&self.instance.to_le_bytes());
+        nonce[8..].copy_from_slice(&n.to_le_bytes());
+        nonce
+    }
+
+    /// This process's instance (see the field's docs).
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    /// Whether [`kill`](Self::kill) was called.
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -119,28 +229,37 @@ impl PathSocket {
     /// The address quinn should connect to for `peer`, with `candidates` to try directly.
     pub fn peer_addr(&self, peer: NodeId, candidates: &[SocketAddr]) -> SocketAddr {
         let now = Instant::now();
+        let id = PeerId {
+            key: peer,
+            instance: None,
+        };
         let mut inner = self.lock();
         let has_relay = inner.relay.is_some();
-        let paths = inner.peers.entry(peer).or_default();
-        paths.set_relay(has_relay);
+        let entry = inner.peers.entry(id).or_default();
+        entry.paths.set_relay(has_relay);
         for addr in candidates {
-            paths.add_candidate(*addr, Source::Listed, now);
+            entry.paths.add_candidate(to_v4(*addr), Source::Listed, now);
         }
         for addr in candidates {
-            inner.owners.insert(*addr, peer);
+            inner.owners.insert(to_v4(*addr), id);
         }
-        inner.mapped.addr_of(peer)
+        inner.mapped.addr_of(id)
     }
 
     /// Uses `relay` for peers without a direct path, and reads what it delivers.
     pub fn set_relay(self: &Arc<Self>, relay: RelayClient) {
+        if self.is_dead() {
+            relay.close();
+            return;
+        }
         {
             let mut inner = self.lock();
             inner.relay = Some(relay.clone());
-            for paths in inner.peers.values_mut() {
-                paths.set_relay(true);
+            for peer in inner.peers.values_mut() {
+                peer.paths.set_relay(true);
             }
         }
+        self.relay_up.send_replace(true);
         let socket = Arc::downgrade(self);
         tokio::spawn(async move {
             while let Ok(message) = relay.recv().await {
@@ -152,17 +271,41 @@ impl PathSocket {
         });
     }
 
-    /// The chosen path to `peer` now.
+    /// Stops using the relay (its connection closed): peers without a direct path fall back to
+    /// their best guess until a relay is set again.
+    pub fn clear_relay(&self) {
+        let mut inner = self.lock();
+        inner.relay = None;
+        for peer in inner.peers.values_mut() {
+            peer.paths.set_relay(false);
+        }
+        drop(inner);
+        self.relay_up.send_replace(false);
+    }
+
+    /// Waits at most `limit` for a relay connection; returns whether one is up.
+    pub async fn wait_for_relay(&self, limit: Duration) -> bool {
+        let mut up = self.relay_up.subscribe();
+        tokio::time::timeout(limit, up.wait_for(|up| *up))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The chosen path to `peer` now (its first process, when several run).
     pub fn path_info(&self, peer: NodeId) -> Option<PathInfo> {
         let now = Instant::now();
         let mut inner = self.lock();
-        let paths = inner.peers.get_mut(&peer)?;
+        let paths = &mut inner.entry_of(peer)?.paths;
         let path = paths.choose(now);
         let rtt = match path {
             Path::Direct(addr) => paths.rtt(addr, now),
             _ => None,
         };
-        Some(PathInfo { path, rtt })
+        Some(PathInfo {
+            path,
+            rtt,
+            direct_since: paths.direct_since(),
+        })
     }
 
     /// What it counted.
@@ -172,8 +315,14 @@ impl PathSocket {
 
     /// Sends due pings until the socket is dropped: run as a task.
     pub async fn drive(self: Arc<Self>) {
+        // Weak: the socket lives as long as its endpoint does, not as long as this task.
+        let socket = Arc::downgrade(&self);
+        drop(self);
         loop {
-            self.send_due_pings();
+            match socket.upgrade() {
+                Some(live) if !live.is_dead() => live.send_due_pings(),
+                _ => return,
+            }
             tokio::time::sleep(DRIVER_TICK).await;
         }
     }
@@ -183,22 +332,22 @@ impl PathSocket {
         let mut pings = Vec::new();
         {
             let mut inner = self.lock();
-            for (peer, paths) in &mut inner.peers {
-                paths.expire(now);
-                for addr in paths.due_pings(now) {
-                    let mut nonce = [0u8; 16];
-                    if getrandom::fill(&mut nonce).is_err() {
-                        continue;
-                    }
-                    paths.ping_sent(addr, nonce, now);
-                    pings.push((*peer, addr, nonce));
+            for (id, peer) in &mut inner.peers {
+                peer.paths.expire(now);
+                for addr in peer.paths.due_pings(now) {
+                    let nonce = self.next_nonce();
+                    peer.paths.ping_sent(addr, nonce, now);
+                    pings.push((id.key, addr, nonce));
                 }
             }
         }
+        // The map's order is random; the order pings go out in must not be.
+        pings.sort_unstable();
         for (peer, addr, nonce) in pings {
             let probe = Probe {
                 kind: ProbeKind::Ping,
                 sender: self.key.node_id(),
+                sender_instance: self.instance,
                 receiver: peer,
                 nonce,
                 sent_at: self.clock.now(),
@@ -228,26 +377,30 @@ impl PathSocket {
             }
         };
         inner.counters.probes_accepted += 1;
-        let has_relay = inner.relay.is_some();
-        let paths = inner.peers.entry(probe.sender).or_default();
-        paths.set_relay(has_relay);
+        let id = inner.resolve(probe.sender, probe.sender_instance);
         let reply = match probe.kind {
             ProbeKind::Ping => {
-                paths.ping_received(from, now);
-                inner.owners.insert(from, probe.sender);
-                inner.mapped.addr_of(probe.sender);
+                if let Some(peer) = inner.peers.get_mut(&id) {
+                    peer.paths.ping_received(from, now);
+                }
+                inner.owners.insert(from, id);
                 Some(Probe {
                     kind: ProbeKind::Pong { echo: probe.nonce },
                     sender: me,
+                    sender_instance: self.instance,
                     receiver: probe.sender,
-                    nonce: random_nonce(),
+                    nonce: self.next_nonce(),
                     sent_at: self.clock.now(),
                     observed: Some(from),
                 })
             }
             ProbeKind::Pong { echo } => {
-                if paths.pong_received(from, echo, now) {
-                    inner.owners.insert(from, probe.sender);
+                let confirmed = inner
+                    .peers
+                    .get_mut(&id)
+                    .is_some_and(|peer| peer.paths.pong_received(from, echo, now));
+                if confirmed {
+                    inner.owners.insert(from, id);
                 }
                 None
             }
@@ -259,7 +412,12 @@ impl PathSocket {
     }
 
     fn on_relay_message(&self, message: FromRelay) {
-        let FromRelay::Packet { from, packet } = message else {
+        let FromRelay::Packet {
+            from,
+            from_instance,
+            packet,
+        } = message
+        else {
             return;
         };
         // Probes through the relay are not used yet: a relay path needs no confirmation.
@@ -267,9 +425,8 @@ impl PathSocket {
             return;
         }
         let mut inner = self.lock();
-        let addr = inner.mapped.addr_of(from);
-        let has_relay = inner.relay.is_some();
-        inner.peers.entry(from).or_default().set_relay(has_relay);
+        let id = inner.resolve(from, from_instance);
+        let addr = inner.mapped.addr_of(id);
         if inner.relay_inbox.len() < RELAY_INBOX {
             inner.relay_inbox.push_back((packet, addr));
         }
@@ -298,14 +455,6 @@ fn to_v4(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-fn random_nonce() -> [u8; 16] {
-    let mut nonce = [0u8; 16];
-    // Without randomness the pong is still signed and fresh by time; a zero nonce only risks
-    // being refused as a replay.
-    let _ = getrandom::fill(&mut nonce);
-    nonce
-}
-
 impl DatagramSocket for PathSocket {
     fn local_addr(&self) -> io::Result<SocketAddr> {
         // IPv6, as a dual-stack socket's: quinn sends to IPv6 mapped addresses only from a
@@ -314,19 +463,22 @@ impl DatagramSocket for PathSocket {
     }
 
     fn try_send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<()> {
+        if self.is_dead() {
+            return Ok(());
+        }
         if !is_mapped(to) {
             return self.udp.try_send_to(datagram, to_v4(to));
         }
         let now = Instant::now();
         let mut inner = self.lock();
-        let Some(peer) = inner.mapped.peer_of(to) else {
+        let Some(id) = inner.mapped.peer_of(to) else {
             inner.counters.no_path += 1;
             return Ok(());
         };
-        let path = inner
+        let (path, instance) = inner
             .peers
-            .get_mut(&peer)
-            .map_or(Path::None, |p| p.choose(now));
+            .get_mut(&id)
+            .map_or((Path::None, None), |p| (p.paths.choose(now), p.instance));
         let len = u64::try_from(datagram.len()).unwrap_or(u64::MAX);
         match path {
             Path::Direct(addr) | Path::Guess(addr) => {
@@ -341,7 +493,7 @@ impl DatagramSocket for PathSocket {
                 if let Some(relay) = relay {
                     // Like a UDP send, a packet the relay path cannot take is lost, not an
                     // error quinn must handle.
-                    let _ = relay.send(peer, datagram.to_vec());
+                    let _ = relay.send(id.key, instance, self.instance, datagram.to_vec());
                 }
                 Ok(())
             }

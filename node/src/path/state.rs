@@ -94,6 +94,8 @@ pub struct PeerPaths {
     candidates: HashMap<SocketAddr, Candidate>,
     relay: bool,
     current: Path,
+    /// Since when the current path has been direct.
+    direct_since: Option<Instant>,
 }
 
 impl Default for PeerPaths {
@@ -102,6 +104,7 @@ impl Default for PeerPaths {
             candidates: HashMap::new(),
             relay: false,
             current: Path::None,
+            direct_since: None,
         }
     }
 }
@@ -231,8 +234,18 @@ impl PeerPaths {
             (None, _) if self.relay => Path::Relay,
             (None, _) => self.guess(),
         };
+        match (chosen, self.current) {
+            (Path::Direct(_), Path::Direct(_)) => {}
+            (Path::Direct(_), _) => self.direct_since = Some(now),
+            _ => self.direct_since = None,
+        }
         self.current = chosen;
         chosen
+    }
+
+    /// Since when the path has been direct, as of the last [`choose`](Self::choose).
+    pub fn direct_since(&self) -> Option<Instant> {
+        self.direct_since
     }
 
     /// The unconfirmed candidate most likely to work: a listed one first, then by address.

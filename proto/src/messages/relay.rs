@@ -29,6 +29,12 @@ crate::wire_messages! {
 pub struct Send {
     /// The destination key.
     pub to: NodeId,
+    /// Which of that key's processes (its path socket's instance), when known; otherwise the
+    /// one that connected to the relay last.
+    pub to_instance: Option<u64>,
+    /// The sending process's instance: one key may run in several processes at once (two
+    /// `mesh exec` on one laptop), and replies must find the right one.
+    pub from_instance: u64,
     /// The opaque packet.
     #[serde(with = "serde_bytes")]
     pub packet: Vec<u8>,
@@ -40,6 +46,9 @@ pub struct Send {
 pub struct Deliver {
     /// The key that sent it (authenticated by the relay).
     pub from: NodeId,
+    /// The sending process's instance, as it said (not authenticated: it only routes replies
+    /// among processes of the same key).
+    pub from_instance: u64,
     /// The opaque packet.
     #[serde(with = "serde_bytes")]
     pub packet: Vec<u8>,

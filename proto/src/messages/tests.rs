@@ -185,6 +185,8 @@ fn a_message_over_the_cap_is_not_encoded() {
     use crate::id::SecretKey;
     let too_big = RelayMessage::Send(Send {
         to: SecretKey::from_seed(&[1; 32]).node_id(),
+        to_instance: Some(u64::MAX),
+        from_instance: u64::MAX,
         packet: vec![0; RelayMessage::MAX_PAYLOAD as usize],
     });
     let mut out = vec![1, 2, 3];
@@ -274,6 +276,7 @@ fn the_largest_udp_payload_fits_a_relay_frame() {
     use crate::id::SecretKey;
     let message = RelayMessage::Deliver(Deliver {
         from: SecretKey::from_seed(&[1; 32]).node_id(),
+        from_instance: u64::MAX,
         packet: vec![7; crate::socket::MAX_UDP_PAYLOAD],
     });
     let frame = encode_frame(&message).unwrap();

@@ -1,0 +1,192 @@
+//! A node's networking as one piece: the path socket on the primary socket, the QUIC endpoint
+//! on top of it, and a task keeping a connection to the relay up (reconnecting with backoff),
+//! so agents, clients and the simulator start the same way.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_proto::socket::{DatagramSocket, SocketBinder};
+use mesh_proto::{Clock, NodeId, SecretKey};
+
+use super::relay_client::{RELAY_INITIAL_MTU, RelayClient};
+use super::socket::PathSocket;
+use crate::agent::presence::Jitter;
+use crate::endpoint::{Endpoint, EndpointOptions};
+use crate::error::Error;
+
+/// The first wait before reconnecting to the relay; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest wait between relay connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long one attempt to reach the relay may take.
+const RELAY_ATTEMPT: Duration = Duration::from_secs(5);
+
+/// Where a relay is: its key and the addresses to try (`host:port` or `ip:port`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayContact {
+    /// The relay's key (pinned: learned from the coordinator, never from the relay).
+    pub key: NodeId,
+    /// Its addresses.
+    pub addrs: Vec<String>,
+}
+
+/// A node's path socket and endpoint.
+#[derive(Debug, Clone)]
+pub struct NodeNet {
+    /// The path socket.
+    pub socket: Arc<PathSocket>,
+    /// The QUIC endpoint on it.
+    pub endpoint: Endpoint,
+}
+
+/// How to start a node's networking beyond its key and sockets.
+#[derive(Debug)]
+pub struct NetOptions {
+    /// Protocols the endpoint accepts (none for a client).
+    pub accept_alpns: Vec<&'static [u8]>,
+    /// The relay to keep a connection to, if any.
+    pub relay: Option<RelayContact>,
+    /// quinn's randomness from a seed, and the path socket's instance from it too
+    /// (simulation only).
+    pub seed: Option<[u8; 32]>,
+    /// Reconnect jitter.
+    pub jitter: Jitter,
+}
+
+impl NodeNet {
+    /// Starts the path socket on `primary`, the endpoint on it, and (with a relay) the task that
+    /// keeps a relay connection up on sockets from `binder`. Call inside a tokio runtime.
+    pub fn start(
+        key: SecretKey,
+        primary: Arc<dyn DatagramSocket>,
+        binder: Arc<dyn SocketBinder + Send + Sync>,
+        clock: Arc<dyn Clock>,
+        options: NetOptions,
+    ) -> Result<Self, Error> {
+        let socket = match options.seed {
+            Some(seed) => {
+                let mut instance = [0u8; 8];
+                instance.copy_from_slice(&seed[..8]);
+                PathSocket::with_instance(key.clone(), primary, clock, u64::from_le_bytes(instance))
+            }
+            None => PathSocket::new(key.clone(), primary, clock),
+        };
+        let endpoint = Endpoint::with_options(
+            key.clone(),
+            socket.clone(),
+            &options.accept_alpns,
+            EndpointOptions {
+                seed: options.seed,
+                ..EndpointOptions::default()
+            },
+        )?;
+        tokio::spawn(socket.clone().drive());
+        if let Some(relay) = options.relay {
+            tokio::spawn(keep_relay(
+                Arc::downgrade(&socket),
+                key,
+                binder,
+                relay,
+                options.seed,
+                options.jitter,
+            ));
+        }
+        Ok(Self { socket, endpoint })
+    }
+}
+
+/// Keeps a relay connection up for `socket` until it is dropped.
+async fn keep_relay(
+    socket: std::sync::Weak<PathSocket>,
+    key: SecretKey,
+    binder: Arc<dyn SocketBinder + Send + Sync>,
+    relay: RelayContact,
+    seed: Option<[u8; 32]>,
+    jitter: Jitter,
+) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempt: u8 = 0;
+    loop {
+        if socket.upgrade().is_none_or(|s| s.is_dead()) {
+            return;
+        }
+        attempt = attempt.wrapping_add(1);
+        match connect_relay(
+            &key,
+            &binder,
+            &relay,
+            seed.map(|mut s| {
+                // Each attempt's endpoint gets its own randomness, reproducibly.
+                s[0] ^= attempt;
+                s
+            }),
+        )
+        .await
+        {
+            Ok(client) => {
+                let Some(live) = socket.upgrade() else {
+                    return;
+                };
+                live.set_relay(client.clone());
+                drop(live);
+                backoff = FIRST_BACKOFF;
+                client.closed().await;
+                if let Some(live) = socket.upgrade() {
+                    live.clear_relay();
+                }
+                tracing::info!("the relay connection closed; reconnecting");
+            }
+            Err(e) => tracing::info!("relay unreachable: {e}"),
+        }
+        let extra = backoff.mul_f64(jitter.fraction() / 2.0);
+        tokio::time::sleep(backoff + extra).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn connect_relay(
+    key: &SecretKey,
+    binder: &Arc<dyn SocketBinder + Send + Sync>,
+    relay: &RelayContact,
+    seed: Option<[u8; 32]>,
+) -> Result<RelayClient, Error> {
+    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+    let socket = binder.bind(unspecified).map_err(|source| Error::Io {
+        what: "cannot open a UDP socket for the relay",
+        path: std::path::PathBuf::new(),
+        source,
+    })?;
+    let endpoint = Endpoint::with_options(
+        key.clone(),
+        socket,
+        &[],
+        EndpointOptions {
+            seed,
+            initial_mtu: RELAY_INITIAL_MTU,
+        },
+    )?;
+    let mut last = Error::Refused("the relay has no address".into());
+    for addr in &relay.addrs {
+        let resolved: Vec<SocketAddr> = match tokio::net::lookup_host(addr.as_str()).await {
+            Ok(found) => found.collect(),
+            Err(e) => {
+                last = Error::Refused(format!("cannot resolve the relay {addr}: {e}"));
+                continue;
+            }
+        };
+        for socket_addr in resolved {
+            match tokio::time::timeout(
+                RELAY_ATTEMPT,
+                RelayClient::connect(&endpoint, socket_addr, relay.key),
+            )
+            .await
+            {
+                Ok(Ok(client)) => return Ok(client),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = Error::Refused(format!("no answer from the relay at {addr}")),
+            }
+        }
+    }
+    Err(last)
+}
