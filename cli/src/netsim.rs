@@ -26,18 +26,15 @@ pub(crate) fn logging() {
         .try_init();
 }
 
-/// tokio's clock, which the simulation pauses and advances: the first event's time is 0.
+/// The simulation's virtual time (tokio's paused clock since the run started).
 struct VirtualTime;
 
 impl tracing_subscriber::fmt::time::FormatTime for VirtualTime {
     fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
-        static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
-        if tokio::runtime::Handle::try_current().is_err() {
-            return write!(w, "        -");
+        match mesh_netsim::virtual_elapsed() {
+            Some(since) => write!(w, "{:>8.3}s", since.as_secs_f64()),
+            None => write!(w, "        -"),
         }
-        let now = tokio::time::Instant::now();
-        let since = now.saturating_duration_since(*START.get_or_init(|| now));
-        write!(w, "{:>8.3}s", since.as_secs_f64())
     }
 }
 

@@ -14,3 +14,21 @@ pub mod nat;
 pub mod scenario;
 pub mod topology;
 pub mod world;
+
+thread_local! {
+    /// When the simulation running on this thread started, on tokio's (paused) clock.
+    static RUN_START: std::cell::Cell<Option<tokio::time::Instant>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Marks now as virtual time 0 of the simulation running on this thread (for log stamps).
+pub fn mark_run_start() {
+    RUN_START.with(|start| start.set(Some(tokio::time::Instant::now())));
+}
+
+/// Virtual time since the simulation on this thread started, if one runs here.
+pub fn virtual_elapsed() -> Option<std::time::Duration> {
+    let start = RUN_START.with(std::cell::Cell::get)?;
+    tokio::runtime::Handle::try_current().ok()?;
+    Some(tokio::time::Instant::now().saturating_duration_since(start))
+}

@@ -493,6 +493,7 @@ impl Mesh {
         Ok(Client {
             world: self.world.clone(),
             seed: self.seed,
+            clock: self.clock.clone(),
             name: name.to_owned(),
             device: device.clone(),
         })
@@ -528,6 +529,9 @@ impl Mesh {
 pub struct Client {
     world: World,
     seed: u64,
+    /// The mesh's wall clock: every participant reads the same virtual time (real skew, when a
+    /// scenario wants it, is a separate matter).
+    clock: Arc<SimClock>,
     name: String,
     device: Device,
 }
@@ -601,7 +605,7 @@ impl Client {
             device.host,
             &device.key,
             primary,
-            SimClock::new(),
+            self.clock.clone(),
             Vec::new(),
             Some(&device.enrollment),
             // Two commands started at once differ by their socket's port: each process needs

@@ -324,6 +324,18 @@ impl Report {
     }
 }
 
+/// The output a command must give back whole, when it is known: `cat` returns its stdin,
+/// `ticks N S` prints N numbered lines; empty when any output will do.
+fn expected_output(command: &str, stdin: &[u8]) -> Vec<u8> {
+    match command.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["cat"] => stdin.to_vec(),
+        ["ticks", n, _] => n
+            .parse::<usize>()
+            .map_or_else(|_| Vec::new(), |n| numbered_stream(n.min(999_999) * 7)),
+        _ => Vec::new(),
+    }
+}
+
 /// `n` bytes of numbered lines (`000001\n000002\n...`, the last one cut to fit): a stream
 /// whose gaps and repeats are easy to see.
 pub fn numbered_stream(n: usize) -> Vec<u8> {
@@ -377,6 +389,7 @@ impl Scenario {
         let network = self.topology().resolve()?;
         let total = duration("duration", &self.duration)?;
         let world = World::new(network, seed);
+        crate::mark_run_start();
         tokio::spawn(world.clone().drive());
         let timeline: Arc<Mutex<Vec<TimelineEntry>>> = Arc::default();
         let log = {
@@ -430,11 +443,7 @@ impl Scenario {
                 } => {
                     log(format!("{name}: {client} runs `{command}` on {host}"));
                     let stdin = numbered_stream(*stdin_bytes);
-                    let expected = if command == "cat" {
-                        stdin.clone()
-                    } else {
-                        Vec::new()
-                    };
+                    let expected = expected_output(command, &stdin);
                     let device = mesh.lock().await.client(client)?;
                     let (host_name, cmd) = (host.clone(), command.clone());
                     let log = log.clone();

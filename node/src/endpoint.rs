@@ -170,7 +170,13 @@ impl Endpoint {
         accept_alpns: &[&[u8]],
         options: EndpointOptions,
     ) -> Result<Self, Error> {
-        let mut endpoint_config = quinn::EndpointConfig::default();
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(stateless_reset_key(&key)));
+        // Connection IDs checked with a key of this node's too: a restarted process must
+        // recognise its predecessor's IDs to answer them with a stateless reset.
+        let cid_key = cid_key(&key);
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         endpoint_config.rng_seed(options.seed);
         // The path socket tells probes from QUIC by the first byte (a probe's is 0x00, a QUIC
         // packet's has the fixed bit 0x40 set): a peer that greased the fixed bit would have
@@ -328,6 +334,31 @@ impl Connection {
     }
 }
 
+/// The key behind this node's stateless resets, derived from its secret key rather than drawn
+/// at random: a restarted agent or coordinator then resets its peers' stale connections at
+/// their next packet (RFC 9000, 10.3), so they reconnect at once instead of waiting out an
+/// idle timeout. One-way: the reset key reveals nothing of the secret key.
+fn stateless_reset_key(key: &SecretKey) -> ring::hmac::Key {
+    ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        derive(key, b"mesh quic stateless reset key v1").as_ref(),
+    )
+}
+
+/// The key quinn checks this node's connection IDs with (see [`stateless_reset_key`]).
+fn cid_key(key: &SecretKey) -> u64 {
+    let tag = derive(key, b"mesh quic connection id key v1");
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&tag.as_ref()[..8]);
+    u64::from_le_bytes(first)
+}
+
+/// A one-way derivation of a purpose's key from this node's secret key.
+fn derive(key: &SecretKey, purpose: &[u8]) -> ring::hmac::Tag {
+    let secret = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &*key.seed());
+    ring::hmac::sign(&secret, purpose)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,5 +434,24 @@ mod tests {
         let _accepting = tokio::spawn(async move { host.accept().await.map(|r| r.is_err()) });
         let result = client.connect(host_addr, host_id, b"mesh/other/1").await;
         assert!(result.is_err(), "connected without a shared ALPN");
+    }
+
+    #[test]
+    fn restart_keys_are_the_same_for_one_node_key_and_differ_between_keys() {
+        let (a, b) = (
+            SecretKey::from_seed(&[1; 32]),
+            SecretKey::from_seed(&[2; 32]),
+        );
+        let tag = |k: &SecretKey| {
+            ring::hmac::sign(&stateless_reset_key(k), b"cid")
+                .as_ref()
+                .to_vec()
+        };
+        assert_eq!(tag(&a), tag(&SecretKey::from_seed(&[1; 32])));
+        assert_ne!(tag(&a), tag(&b));
+        assert_eq!(cid_key(&a), cid_key(&SecretKey::from_seed(&[1; 32])));
+        assert_ne!(cid_key(&a), cid_key(&b));
+        // Neither is the secret itself.
+        assert_ne!(&derive(&a, b"x").as_ref()[..32], &a.seed()[..]);
     }
 }

@@ -19,6 +19,8 @@ use crate::error::Error;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// The longest wait between relay connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A relay connection that lasted this long was working: when it closes, reconnect at once.
+const STABLE_RELAY: Duration = Duration::from_secs(5);
 /// How long one attempt to reach the relay may take.
 const RELAY_ATTEMPT: Duration = Duration::from_secs(5);
 
@@ -131,11 +133,19 @@ async fn keep_relay(
                 live.set_relay(client.clone());
                 drop(live);
                 backoff = FIRST_BACKOFF;
+                let up_since = tokio::time::Instant::now();
                 client.closed().await;
                 if let Some(live) = socket.upgrade() {
                     live.clear_relay();
                 }
                 tracing::info!("the relay connection closed; reconnecting");
+                // A connection that served a while and closed (the relay restarted and reset
+                // it) is retried at once: sessions on the relay are waiting. One that closed
+                // straight away waits out the backoff, so a relay that keeps refusing is not
+                // hammered.
+                if up_since.elapsed() >= STABLE_RELAY {
+                    continue;
+                }
             }
             Err(e) => tracing::info!("relay unreachable: {e}"),
         }

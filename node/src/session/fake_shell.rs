@@ -4,7 +4,9 @@
 //!
 //! It speaks the same session frames as a session process. The shell understands a handful
 //! of commands, enough to drive scenarios: `echo WORDS`, `cat` (copies stdin until EOF),
-//! `sleep SECONDS` (tokio time), `seq N`, `stty size`, `exit [N]`; anything else prints
+//! `sleep SECONDS` (tokio time), `seq N`, `ticks N SECONDS` (N numbered lines `000001`..., one
+//! every SECONDS: output spread over time, checked for gaps and repeats when a path changes
+//! under it), `stty size`, `exit [N]`; anything else prints
 //! `fake-shell: CMD: command not found` and sets status 127. Without a command it reads lines
 //! from stdin and runs them, printing `$ ` as the prompt. A hangup (the host closing the link)
 //! ends it as SIGHUP would.
@@ -140,6 +142,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> FakeShell<R, W> {
                     }
                 }
                 self.print(text.as_bytes()).await?;
+                Ok(ExitStatus::Code(0))
+            }
+            ["ticks", n, secs] => {
+                let n: u64 = n.parse().unwrap_or(0).min(999_999);
+                let every =
+                    Duration::from_secs_f64(secs.parse::<f64>().unwrap_or(1.0).clamp(0.0, 3600.0));
+                for i in 1..=n {
+                    self.print(format!("{i:06}\n").as_bytes()).await?;
+                    if i < n {
+                        tokio::time::sleep(every).await;
+                    }
+                }
                 Ok(ExitStatus::Code(0))
             }
             ["stty", "size"] => {
