@@ -11,8 +11,8 @@ use std::time::SystemTime;
 use mesh_coordinator::home::{self, DEFAULT_PORT};
 use mesh_node::control::{ClientLink, EnrolledAs, Enrollment, connect_from_home, enroll, request};
 use mesh_proto::messages::control::{
-    ControlMessage, HostSet, InviteCreate, InviteListRequest, InviteRevoke, InviteTarget, Label,
-    RoleListRequest, RoleSpec, UserListRequest,
+    ContactRequest, ControlMessage, HostSet, InviteCreate, InviteListRequest, InviteRevoke,
+    InviteTarget, Label, RoleListRequest, RoleSpec, UserListRequest,
 };
 use mesh_proto::{SystemClock, UnixTime};
 use serde_json::json;
@@ -342,11 +342,34 @@ pub(crate) fn host_set(
 
 /// `mesh hosts [--json]`.
 pub(crate) fn hosts(home: &Path, json_out: bool) -> Result<ExitCode, Failure> {
-    let hosts = with_coordinator(home, async |link| {
-        mesh_node::control::directory(&link.conn)
+    let (hosts, paths) = with_coordinator(home, async |link| {
+        let hosts = mesh_node::control::directory(&link.conn)
             .await
-            .map_err(failed)
+            .map_err(failed)?;
+        // Where each online host is, asked all at once (a host the role does not cover has
+        // no path to show and is left out).
+        let mut asks = tokio::task::JoinSet::new();
+        for h in hosts.iter().filter(|h| h.online) {
+            let ask = ControlMessage::ContactRequest(ContactRequest {
+                host: h.name.clone(),
+            });
+            let conn = link.conn.clone();
+            asks.spawn(async move {
+                match request(&conn, &ask).await {
+                    Ok(ControlMessage::Contact(contact)) => Some(contact),
+                    _ => None,
+                }
+            });
+        }
+        let mut contacts = Vec::new();
+        while let Some(done) = asks.join_next().await {
+            contacts.extend(done.ok().flatten());
+        }
+        let paths = crate::path::probe_hosts(home, &contacts).await?;
+        Ok((hosts, paths))
     })?;
+    let path_of =
+        |h: &mesh_proto::messages::control::HostEntry| paths.get(&h.name).filter(|_| h.online);
     if json_out {
         let items: Vec<_> = hosts
             .iter()
@@ -356,11 +379,15 @@ pub(crate) fn hosts(home: &Path, json_out: bool) -> Result<ExitCode, Failure> {
                     .iter()
                     .map(|l| (l.key.clone(), json!(l.value)))
                     .collect();
+                let path = path_of(h);
                 json!({
                     "name": h.name,
                     "node_id": h.key.to_string(),
                     "online": h.online,
                     "last_seen": h.last_seen.map(rfc3339),
+                    "path": path.map(|p| p.path),
+                    "remote_addr": path.and_then(|p| p.remote_addr).map(|a| a.to_string()),
+                    "rtt_ms": path.and_then(|p| p.rtt).map(|d| d.as_secs_f64() * 1000.0),
                     "labels": labels,
                     "remote_shell": h.settings.remote_shell,
                     "temp_users": h.settings.temp_users,
@@ -372,8 +399,8 @@ pub(crate) fn hosts(home: &Path, json_out: bool) -> Result<ExitCode, Failure> {
     }
     let onoff = |b: bool| if b { "on" } else { "off" };
     println!(
-        "{:<20} {:<7} {:<21} {:<12} {:<5} {:<24} NODE",
-        "NAME", "ONLINE", "LAST SEEN", "REMOTE-SHELL", "TEMP", "LABELS"
+        "{:<20} {:<7} {:<21} {:<28} {:<12} {:<5} {:<24} NODE",
+        "NAME", "ONLINE", "LAST SEEN", "PATH", "REMOTE-SHELL", "TEMP", "LABELS"
     );
     for h in &hosts {
         let labels: Vec<String> = h
@@ -381,11 +408,19 @@ pub(crate) fn hosts(home: &Path, json_out: bool) -> Result<ExitCode, Failure> {
             .iter()
             .map(|l| format!("{}={}", l.key, l.value))
             .collect();
+        let path = path_of(h).map_or_else(
+            || "-".to_owned(),
+            |p| match p.remote_addr {
+                Some(addr) => format!("{} {addr}", p.path),
+                None => p.path.to_owned(),
+            },
+        );
         println!(
-            "{:<20} {:<7} {:<21} {:<12} {:<5} {:<24} {}",
+            "{:<20} {:<7} {:<21} {:<28} {:<12} {:<5} {:<24} {}",
             h.name,
             if h.online { "yes" } else { "no" },
             h.last_seen.map_or_else(|| "never".to_owned(), rfc3339),
+            path,
             onoff(h.settings.remote_shell),
             onoff(h.settings.temp_users),
             labels.join(","),

@@ -12,6 +12,7 @@ mod control;
 mod demo;
 mod exit;
 mod netsim;
+mod path;
 mod remote;
 mod terminal;
 
@@ -90,7 +91,10 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             remote::run(&ssh_home(home)?, request).map(ExitCode::from)
         }
         Command::SessionProcess => session_process(),
-        Command::Path { .. } => Err(not_built("path", 8)),
+        Command::Path { host, json } => {
+            logging("warn");
+            path::path(&home_dir(home)?, &host, json.json)
+        }
         Command::Invite(InviteCommand::Host { name, labels }) => {
             let labels = control::labels(&labels)?;
             control::invite(&home_dir(home)?, InviteTarget::Host { name, labels })

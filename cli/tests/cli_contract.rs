@@ -70,7 +70,6 @@ fn version_prints_and_succeeds() {
 #[test]
 fn unbuilt_commands_exit_2_with_one_line_and_no_output() {
     let unbuilt: &[&[&str]] = &[
-        &["path", "edge-01"],
         &["cp", "a", "edge-01:/tmp"],
         &["forward", "edge-01", "8080:localhost:80"],
         &["proxy", "edge-01"],
@@ -84,6 +83,18 @@ fn unbuilt_commands_exit_2_with_one_line_and_no_output() {
         assert_eq!(stderr.lines().count(), 1, "mesh {args:?}: {stderr}");
         assert!(stderr.contains("not built yet"), "mesh {args:?}: {stderr}");
     }
+}
+
+#[test]
+fn path_without_an_enrolled_home_is_one_line_and_exit_1() {
+    let home = tempfile::tempdir().expect("temp home");
+    let home_arg = home.path().to_str().expect("utf-8 path");
+    let out = run_mesh(&["--home", home_arg, "path", "edge-01", "--json"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("not enrolled"), "{stderr}");
 }
 
 #[test]

@@ -34,6 +34,8 @@ pub enum Request<'a> {
     ReadAudit,
     /// Read the host directory.
     ListHosts,
+    /// Learn where `host` is (its key and addresses), to see the path to it.
+    Reach(&'a Host),
 }
 
 /// Why a request was refused: one line, naming the user, the action and the host.
@@ -141,6 +143,9 @@ pub fn authorize(user: &User, role: &Role, request: &Request<'_>) -> Result<(), 
         Request::ReadAudit => needs(Permission::Admin, "read the audit log"),
         // Every enrolled user may see the directory; what they may do there is decided above.
         Request::ListHosts => Ok(()),
+        // A host's addresses go only to users whose role covers it: the directory shows
+        // every host, but where to knock only to those who may.
+        Request::Reach(host) => on_host(host, "look up the address"),
     }
 }
 
@@ -228,6 +233,7 @@ mod tests {
                 Err("vic may not run commands on edge-01: role viewer lacks the exec permission"),
             ),
             ("vic", "viewer", Request::ListHosts, Ok(())),
+            ("vic", "viewer", Request::Reach(&edge), Ok(())),
             (
                 "root-admin",
                 "admin",
@@ -318,6 +324,9 @@ mod tests {
         let carol = user("carol", "oslo-ops");
         assert!(authorize(&carol, &site, &session(&oslo, "deploy", true)).is_ok());
         let denial = authorize(&carol, &site, &session(&bergen, "deploy", true)).unwrap_err();
+        assert!(denial.0.contains("does not cover that host"), "{denial}");
+        assert!(authorize(&carol, &site, &Request::Reach(&oslo)).is_ok());
+        let denial = authorize(&carol, &site, &Request::Reach(&bergen)).unwrap_err();
         assert!(denial.0.contains("does not cover that host"), "{denial}");
         let none = Role {
             logins: Vec::new(),

@@ -16,11 +16,11 @@ use mesh_proto::codec::payload_len;
 use mesh_proto::grant::{OFFLINE_GRANT_DEFAULT_TTL, ONLINE_GRANT_DEFAULT_TTL, TEMPORARY_ROOT};
 use mesh_proto::messages::RELAY_ALPN;
 use mesh_proto::messages::control::{
-    AuditAck, AuditList, AuditQuery, AuditUpload, ControlMessage, Done, Enroll, Enrolled, Failure,
-    Granted, HostContact, HostEntry, HostSet, Hosts, InviteCreate, InviteEntry, InviteList,
-    InviteRevoke, InviteTarget, Invited, Label, MAX_HOSTS, Revoke, RevokeWhat, RoleList,
-    RoleRemove, RoleSpec, SessionGrantRequest, Settings, TimeReply, UserAdd, UserEntry, UserList,
-    UserRemove, UserSetRole, Welcome,
+    AuditAck, AuditList, AuditQuery, AuditUpload, ContactRequest, ControlMessage, Done, Enroll,
+    Enrolled, Failure, Granted, HostContact, HostEntry, HostSet, Hosts, InviteCreate, InviteEntry,
+    InviteList, InviteRevoke, InviteTarget, Invited, Label, MAX_HOSTS, Revoke, RevokeWhat,
+    RoleList, RoleRemove, RoleSpec, SessionGrantRequest, Settings, TimeReply, UserAdd, UserEntry,
+    UserList, UserRemove, UserSetRole, Welcome,
 };
 use mesh_proto::token::{EnrollmentToken, TokenKind, TokenSecret, open_token};
 use mesh_proto::{
@@ -277,6 +277,15 @@ impl<S: Store> Coordinator<S> {
             ControlMessage::HostsRequest(page) => {
                 authorize(&user, &role, &Request::ListHosts).map_err(|d| d.0)?;
                 self.directory(page.after.as_deref()).await
+            }
+            ControlMessage::ContactRequest(ContactRequest { host }) => {
+                let host = self.host_named(&host).await?;
+                authorize(&user, &role, &Request::Reach(&host)).map_err(|d| d.0)?;
+                Ok(ControlMessage::Contact(HostContact {
+                    name: host.name,
+                    key: host.key,
+                    addrs: host.addrs,
+                }))
             }
             ControlMessage::HostSet(set) => self.host_set(&user, &role, set).await,
             ControlMessage::InviteCreate(create) => self.invite(&user, &role, create).await,

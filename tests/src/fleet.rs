@@ -184,6 +184,14 @@ impl TestCoordinator {
         self.serve = Some(Daemon::spawn(command, "listening on"));
     }
 
+    /// The address it serves on (once started).
+    pub fn addr(&self) -> String {
+        self.serve
+            .as_ref()
+            .map(Daemon::listening_addr)
+            .unwrap_or_default()
+    }
+
     /// Kills it (SIGKILL: no goodbye to anyone).
     pub fn kill(&mut self) {
         self.serve = None;

@@ -73,6 +73,23 @@ impl MappedAddrs {
         self.by_peer.get(&peer).copied()
     }
 
+    /// Forgets `peer`'s address (never handed out again: the counter only grows).
+    pub fn forget(&mut self, peer: PeerId) {
+        if let Some(addr) = self.by_peer.remove(&peer) {
+            self.by_addr.remove(&addr);
+        }
+    }
+
+    /// How many peers have an address now.
+    pub fn len(&self) -> usize {
+        self.by_peer.len()
+    }
+
+    /// Whether no peer has an address.
+    pub fn is_empty(&self) -> bool {
+        self.by_peer.is_empty()
+    }
+
     /// The peer behind a mapped address, if it is one of ours.
     pub fn peer_of(&self, addr: SocketAddr) -> Option<PeerId> {
         self.by_addr.get(&addr).copied()

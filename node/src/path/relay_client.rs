@@ -101,6 +101,16 @@ impl RelayClient {
         }
     }
 
+    /// The relay's key.
+    pub fn relay_key(&self) -> NodeId {
+        self.conn.peer()
+    }
+
+    /// The address the relay connection goes to.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.conn.quic().remote_address()
+    }
+
     /// Closes the relay connection.
     pub fn close(&self) {
         self.conn.quic().close(0u32.into(), b"closed");

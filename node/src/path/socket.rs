@@ -29,12 +29,18 @@ use tokio::time::Instant;
 
 use super::mapped::{MappedAddrs, PeerId, is_mapped};
 use super::relay_client::{FromRelay, RelayClient};
-use super::state::{Path, PeerPaths, Source};
+use super::state::{CandidateState, Path, PeerPaths, Source};
 
 /// Packets from the relay waiting for quinn.
 const RELAY_INBOX: usize = 1024;
 /// How often the driver looks for due pings when nothing else wakes it.
 const DRIVER_TICK: Duration = Duration::from_millis(100);
+/// Most remote processes tracked at once; beyond it the least recently active is forgotten.
+/// Any key with a valid signature can make an entry (by pinging), so the table is bounded.
+const MAX_PEERS: usize = 4096;
+/// A peer neither heard from nor sent to for this long is forgotten (its connections, which
+/// send keep-alives every 2 s, are long gone).
+const PEER_IDLE: Duration = Duration::from_secs(600);
 
 /// What the socket counted.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -65,10 +71,28 @@ struct Inner {
 
 /// One remote process's paths, and its instance once learned (for an entry made before it
 /// was known).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Peer {
     paths: PeerPaths,
     instance: Option<u64>,
+    /// When a packet last went to or came from it.
+    last_active: Instant,
+    /// QUIC bytes sent to it straight.
+    direct_bytes: u64,
+    /// QUIC bytes sent to it through the relay.
+    relay_bytes: u64,
+}
+
+impl Peer {
+    fn new(now: Instant) -> Self {
+        Self {
+            paths: PeerPaths::default(),
+            instance: None,
+            last_active: now,
+            direct_bytes: 0,
+            relay_bytes: 0,
+        }
+    }
 }
 
 impl Inner {
@@ -94,11 +118,49 @@ impl Inner {
             exact
         };
         let has_relay = self.relay.is_some();
-        let peer = self.peers.entry(id).or_default();
+        let now = Instant::now();
+        let peer = self.entry(id, now);
         peer.instance.get_or_insert(instance);
         peer.paths.set_relay(has_relay);
+        peer.last_active = now;
         self.mapped.addr_of(id);
         id
+    }
+
+    /// `id`'s entry, made if missing; a full table first forgets its least recently active
+    /// peer.
+    fn entry(&mut self, id: PeerId, now: Instant) -> &mut Peer {
+        if !self.peers.contains_key(&id) && self.peers.len() >= MAX_PEERS {
+            let oldest = self
+                .peers
+                .iter()
+                .min_by_key(|(id, p)| (p.last_active, **id))
+                .map(|(id, _)| *id);
+            if let Some(oldest) = oldest {
+                self.forget(oldest);
+            }
+        }
+        self.peers.entry(id).or_insert_with(|| Peer::new(now))
+    }
+
+    /// Drops every trace of `id`: its paths, its addresses' ownership, its mapped address.
+    fn forget(&mut self, id: PeerId) {
+        self.peers.remove(&id);
+        self.owners.retain(|_, owner| *owner != id);
+        self.mapped.forget(id);
+    }
+
+    /// Forgets peers idle for [`PEER_IDLE`].
+    fn forget_idle(&mut self, now: Instant) {
+        let idle: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.last_active) >= PEER_IDLE)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            self.forget(id);
+        }
     }
 
     /// The first entry of `key` (the dialed one if any), for reports.
@@ -148,6 +210,12 @@ pub struct PathInfo {
     pub rtt: Option<Duration>,
     /// Since when it has been direct.
     pub direct_since: Option<Instant>,
+    /// Every direct candidate and how it stands.
+    pub candidates: Vec<CandidateState>,
+    /// QUIC bytes sent to the peer straight.
+    pub direct_bytes: u64,
+    /// QUIC bytes sent to the peer through the relay.
+    pub relay_bytes: u64,
 }
 
 impl PathSocket {
@@ -235,7 +303,8 @@ impl PathSocket {
         };
         let mut inner = self.lock();
         let has_relay = inner.relay.is_some();
-        let entry = inner.peers.entry(id).or_default();
+        let entry = inner.entry(id, now);
+        entry.last_active = now;
         entry.paths.set_relay(has_relay);
         for addr in candidates {
             entry.paths.add_candidate(to_v4(*addr), Source::Listed, now);
@@ -295,7 +364,8 @@ impl PathSocket {
     pub fn path_info(&self, peer: NodeId) -> Option<PathInfo> {
         let now = Instant::now();
         let mut inner = self.lock();
-        let paths = &mut inner.entry_of(peer)?.paths;
+        let entry = inner.entry_of(peer)?;
+        let paths = &mut entry.paths;
         let path = paths.choose(now);
         let rtt = match path {
             Path::Direct(addr) => paths.rtt(addr, now),
@@ -305,7 +375,17 @@ impl PathSocket {
             path,
             rtt,
             direct_since: paths.direct_since(),
+            candidates: paths.candidates(now),
+            direct_bytes: entry.direct_bytes,
+            relay_bytes: entry.relay_bytes,
         })
+    }
+
+    /// The relay in use: its key and the address its connection goes to.
+    pub fn relay(&self) -> Option<(NodeId, SocketAddr)> {
+        let inner = self.lock();
+        let relay = inner.relay.as_ref()?;
+        Some((relay.relay_key(), relay.remote_addr()))
     }
 
     /// What it counted.
@@ -332,6 +412,7 @@ impl PathSocket {
         let mut pings = Vec::new();
         {
             let mut inner = self.lock();
+            inner.forget_idle(now);
             for (id, peer) in &mut inner.peers {
                 peer.paths.expire(now);
                 for addr in peer.paths.due_pings(now) {
@@ -475,11 +556,20 @@ impl DatagramSocket for PathSocket {
             inner.counters.no_path += 1;
             return Ok(());
         };
-        let (path, instance) = inner
-            .peers
-            .get_mut(&id)
-            .map_or((Path::None, None), |p| (p.paths.choose(now), p.instance));
         let len = u64::try_from(datagram.len()).unwrap_or(u64::MAX);
+        let (path, instance) = match inner.peers.get_mut(&id) {
+            Some(peer) => {
+                peer.last_active = now;
+                let path = peer.paths.choose(now);
+                match path {
+                    Path::Direct(_) | Path::Guess(_) => peer.direct_bytes += len,
+                    Path::Relay => peer.relay_bytes += len,
+                    Path::None => {}
+                }
+                (path, peer.instance)
+            }
+            None => (Path::None, None),
+        };
         match path {
             Path::Direct(addr) | Path::Guess(addr) => {
                 inner.counters.direct_bytes += len;
@@ -532,14 +622,77 @@ impl DatagramSocket for PathSocket {
                 continue;
             }
             let shown = {
-                let inner = self.lock();
-                inner
-                    .owners
-                    .get(&from)
-                    .and_then(|peer| inner.mapped.known_addr_of(*peer))
+                let mut inner = self.lock();
+                let owner = inner.owners.get(&from).copied();
+                if let Some(peer) = owner.and_then(|id| inner.peers.get_mut(&id)) {
+                    peer.last_active = Instant::now();
+                }
+                owner
+                    .and_then(|peer| inner.mapped.known_addr_of(peer))
                     .unwrap_or_else(|| to_v6(from))
             };
             return Poll::Ready(Ok((len, shown)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::udp::UdpSocket;
+    use mesh_proto::SystemClock;
+
+    fn ping_from(seed: u32, to: NodeId) -> Vec<u8> {
+        let mut bytes = [0u8; 32];
+        bytes[..4].copy_from_slice(&seed.to_le_bytes());
+        let key = SecretKey::from_seed(&bytes);
+        let mut nonce = [0u8; 16];
+        nonce[..4].copy_from_slice(&seed.to_le_bytes());
+        Probe {
+            kind: ProbeKind::Ping,
+            sender: key.node_id(),
+            sender_instance: 1,
+            receiver: to,
+            nonce,
+            sent_at: Clock::now(&SystemClock),
+            observed: None,
+        }
+        .seal(&key)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_peer_table_is_bounded_and_forgets_idle_peers() {
+        let me = SecretKey::from_seed(&[9; 32]);
+        let udp = Arc::new(UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap());
+        let socket = PathSocket::new(me.clone(), udp, Arc::new(SystemClock));
+        let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        // Pings signed by more distinct keys than the table holds, each a second apart in
+        // activity: the oldest are the ones forgotten.
+        let total = u32::try_from(MAX_PEERS).unwrap() + 10;
+        for n in 0..total {
+            socket.on_probe(&ping_from(n, me.node_id()), from);
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        {
+            let inner = socket.lock();
+            assert_eq!(inner.peers.len(), MAX_PEERS);
+            assert_eq!(
+                inner.mapped.len(),
+                MAX_PEERS,
+                "mapped addresses go with them"
+            );
+            let first = SecretKey::from_seed(&[0; 32]).node_id();
+            assert!(
+                inner.peers.keys().all(|id| id.key != first),
+                "the least recently active went first"
+            );
+        }
+        // Ten idle minutes later the driver's tick forgets them all.
+        tokio::time::advance(PEER_IDLE).await;
+        socket.send_due_pings();
+        let inner = socket.lock();
+        assert!(inner.peers.is_empty());
+        assert!(inner.owners.is_empty());
+        assert_eq!(inner.mapped.len(), 0);
     }
 }

@@ -37,6 +37,21 @@ pub const SWITCH_GAIN: f64 = 0.2;
 /// ...and by at least this much.
 pub const SWITCH_MIN: Duration = Duration::from_millis(5);
 
+/// One candidate as `mesh path` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CandidateState {
+    /// The address.
+    pub addr: SocketAddr,
+    /// Where it came from.
+    pub source: Source,
+    /// Whether a round trip on it is recent enough to trust it.
+    pub confirmed: bool,
+    /// Its last measured round trip, if any pong came back.
+    pub rtt: Option<Duration>,
+    /// Pings sent to it so far.
+    pub pings: u64,
+}
+
 /// Where a candidate came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -68,6 +83,7 @@ struct Candidate {
     outstanding: Vec<([u8; 16], Instant)>,
     last_pong: Option<Instant>,
     rtt: Option<Duration>,
+    pings: u64,
 }
 
 impl Candidate {
@@ -79,6 +95,7 @@ impl Candidate {
             outstanding: Vec::new(),
             last_pong: None,
             rtt: None,
+            pings: 0,
         }
     }
 
@@ -136,6 +153,7 @@ impl PeerPaths {
     pub fn ping_sent(&mut self, addr: SocketAddr, nonce: [u8; 16], now: Instant) {
         if let Some(candidate) = self.candidates.get_mut(&addr) {
             candidate.last_ping = Some(now);
+            candidate.pings += 1;
             candidate.outstanding.push((nonce, now));
             if candidate.outstanding.len() > MAX_OUTSTANDING {
                 candidate.outstanding.remove(0);
@@ -254,6 +272,23 @@ impl PeerPaths {
             .iter()
             .min_by_key(|(addr, c)| (c.source != Source::Listed, **addr))
             .map_or(Path::None, |(addr, _)| Path::Guess(*addr))
+    }
+
+    /// Every candidate and how it stands at `now`, by address.
+    pub fn candidates(&self, now: Instant) -> Vec<CandidateState> {
+        let mut all: Vec<CandidateState> = self
+            .candidates
+            .iter()
+            .map(|(addr, c)| CandidateState {
+                addr: *addr,
+                source: c.source,
+                confirmed: c.confirmed(now),
+                rtt: c.rtt,
+                pings: c.pings,
+            })
+            .collect();
+        all.sort_unstable_by_key(|c| c.addr);
+        all
     }
 
     /// The round trip measured on `addr`, if it is confirmed.

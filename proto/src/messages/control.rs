@@ -95,6 +95,10 @@ crate::wire_messages! {
         35 => AuditQuery(AuditQuery),
         /// Coordinator → admin: one page of audit events.
         36 => AuditList(AuditList),
+        /// Client → coordinator: where a host is, without a grant (to see the path to it).
+        37 => ContactRequest(ContactRequest),
+        /// Coordinator → client: the answer to [`ContactRequest`].
+        38 => Contact(HostContact),
     }
 }
 
@@ -211,6 +215,14 @@ pub struct OfflineGrants {
     #[serde(deserialize_with = "bounded_vec::<_, _, MAX_HOSTS>")]
     #[cfg_attr(test, proptest(strategy = "crate::messages::tests::vec_up_to(4)"))]
     pub grants: Vec<Granted>,
+}
+
+/// Ask where a host is: its key and addresses, for a user whose role covers it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ContactRequest {
+    /// The host's name.
+    pub host: String,
 }
 
 /// Ask for a page of the directory (hosts by name).
