@@ -5,13 +5,20 @@
 //!
 //! [`nat`] and [`link`] are pure packet-level models (no I/O, no clock: time is passed in) of a
 //! NAT box and of one direction of a link, which the simulator's router drives.
+//!
+//! [`world`] is the simulated internet itself. Besides UDP sockets it carries simulated TCP
+//! connections ([`stream`] for the handles; the model is the private `tcp` module), for sites
+//! that block UDP, and [`capture`] records what one host sends and receives, for tests.
 
+pub mod capture;
 pub mod lab;
 pub mod link;
 pub mod matrix;
 pub mod mesh;
 pub mod nat;
 pub mod scenario;
+pub mod stream;
+mod tcp;
 pub mod topology;
 pub mod world;
 

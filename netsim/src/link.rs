@@ -154,7 +154,7 @@ impl Link {
 
 /// How long `wire_bytes` take to serialize at `bps` bits per second, rounded up to the
 /// nanosecond so that no packet is free.
-fn serialization_time(wire_bytes: u64, bps: u64) -> Duration {
+pub(crate) fn serialization_time(wire_bytes: u64, bps: u64) -> Duration {
     let bits = u128::from(wire_bytes) * 8;
     let bps = u128::from(bps.max(1));
     let nanos = (bits * NANOS_PER_SECOND).div_ceil(bps);

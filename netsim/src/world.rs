@@ -11,6 +11,11 @@
 //! task sleeps until the next event, and tokio jumps straight there whenever every task waits.
 //! All randomness comes from one seeded generator, drawn in event order, so a seed replays the
 //! same run.
+//!
+//! The same queue carries simulated TCP connections ([`crate::stream`], behind
+//! [`HostBinder::listen_stream`] and [`HostBinder::connect_stream`]): their segments are events
+//! too, and their jitter comes from the same generator. [`World::capture`] records what one
+//! host sends and receives, for tests.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -27,8 +32,11 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::capture::{Capture, Captured, Direction, Taps, Transport};
 use crate::link::{Link, LinkDrop};
 use crate::nat::NatBox;
+use crate::tcp::route::LinkId;
+use crate::tcp::{PathState, Streams, TcpEvent, Wire};
 use crate::topology::Network;
 
 /// Datagrams a socket holds before it drops new ones, like a full kernel receive buffer.
@@ -45,6 +53,15 @@ enum Hop {
     NatOutside(usize),
     /// Arrived at a host.
     Host(usize),
+}
+
+/// Something due at a virtual time.
+#[derive(Debug)]
+enum Event {
+    /// A UDP packet reaches its next hop.
+    Packet(Packet),
+    /// Something happens to a simulated TCP connection.
+    Tcp(TcpEvent),
 }
 
 #[derive(Debug)]
@@ -100,6 +117,9 @@ pub struct Counters {
     pub delivered: u64,
     /// Datagrams dropped, by reason.
     pub dropped: std::collections::BTreeMap<DropReason, u64>,
+    /// Bytes of simulated TCP streams delivered, in order, to the receiving end (not counted in
+    /// the datagram fields above).
+    pub stream_bytes: u64,
 }
 
 /// A link's two directions.
@@ -109,6 +129,9 @@ struct Duplex {
     up: Link,
     /// Away from the network above.
     down: Link,
+    /// How many times it has gone down: a stream segment that left before a partition and
+    /// arrives after it sees the count changed, and is lost.
+    downs: u64,
 }
 
 impl Duplex {
@@ -116,12 +139,53 @@ impl Duplex {
         Self {
             up: Link::new(config),
             down: Link::new(config),
+            downs: 0,
         }
     }
 
     fn set_up(&mut self, up: bool) {
+        if !up && self.up.is_up() {
+            self.downs += 1;
+        }
         self.up.set_up(up);
         self.down.set_up(up);
+    }
+}
+
+/// Events: (time, sequence number) → event. The sequence keeps same-time events in the order
+/// they were made, so runs are reproducible.
+#[derive(Debug, Default)]
+struct Agenda {
+    queue: BinaryHeap<Reverse<(Duration, u64)>>,
+    events: HashMap<u64, Event>,
+    next_seq: u64,
+}
+
+impl Agenda {
+    fn push(&mut self, at: Duration, event: Event) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queue.push(Reverse((at, seq)));
+        self.events.insert(seq, event);
+    }
+
+    /// When the next event is due.
+    fn next_at(&self) -> Option<Duration> {
+        self.queue.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// The next event due at or before `now`.
+    fn pop_due(&mut self, now: Duration) -> Option<Event> {
+        while let Some(&Reverse((at, seq))) = self.queue.peek() {
+            if at > now {
+                return None;
+            }
+            self.queue.pop();
+            if let Some(event) = self.events.remove(&seq) {
+                return Some(event);
+            }
+        }
+        None
     }
 }
 
@@ -136,13 +200,13 @@ struct State {
     sockets: HashMap<SocketAddrV4, Weak<SocketInner>>,
     /// Per host: the next ephemeral port to try.
     next_port: Vec<u16>,
-    /// Events: (time, sequence number) → packet. The sequence keeps same-time events in the
-    /// order they were made, so runs are reproducible.
-    queue: BinaryHeap<Reverse<(Duration, u64)>>,
-    packets: HashMap<u64, Packet>,
-    next_seq: u64,
+    agenda: Agenda,
     rng: ChaCha8Rng,
     counters: Counters,
+    /// Simulated TCP connections and listeners.
+    streams: Streams,
+    /// Open captures.
+    taps: Taps,
 }
 
 impl fmt::Debug for State {
@@ -150,7 +214,7 @@ impl fmt::Debug for State {
         f.debug_struct("State")
             .field("hosts", &self.network.hosts.len())
             .field("nats", &self.network.nats.len())
-            .field("queued", &self.packets.len())
+            .field("queued", &self.agenda.events.len())
             .finish_non_exhaustive()
     }
 }
@@ -188,6 +252,7 @@ impl World {
         let host_links = network.hosts.iter().map(|h| Duplex::new(h.link)).collect();
         let nat_links = network.nats.iter().map(|n| Duplex::new(n.uplink)).collect();
         let next_port = vec![FIRST_EPHEMERAL_PORT; network.hosts.len()];
+        let streams = Streams::new(network.hosts.len(), network.nats.len());
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
@@ -197,11 +262,11 @@ impl World {
                     nat_links,
                     sockets: HashMap::new(),
                     next_port,
-                    queue: BinaryHeap::new(),
-                    packets: HashMap::new(),
-                    next_seq: 0,
+                    agenda: Agenda::default(),
                     rng: ChaCha8Rng::seed_from_u64(seed),
                     counters: Counters::default(),
+                    streams,
+                    taps: Taps::default(),
                 }),
                 wake: Notify::new(),
                 start: Instant::now(),
@@ -228,6 +293,11 @@ impl World {
         self.lock().network.clone()
     }
 
+    /// The current address of host `host`, without cloning the network.
+    pub(crate) fn host_ip(&self, host: usize) -> Option<Ipv4Addr> {
+        self.lock().network.hosts.get(host).map(|h| h.ip)
+    }
+
     /// What was counted so far.
     pub fn counters(&self) -> Counters {
         self.lock().counters.clone()
@@ -240,16 +310,16 @@ impl World {
             let next = {
                 let mut state = self.lock();
                 let now = self.now();
-                while let Some(&Reverse((at, seq))) = state.queue.peek() {
-                    if at > now {
-                        break;
-                    }
-                    state.queue.pop();
-                    if let Some(packet) = state.packets.remove(&seq) {
-                        state.step(now, packet);
+                while let Some(event) = state.agenda.pop_due(now) {
+                    match event {
+                        Event::Packet(packet) => state.step(now, packet),
+                        Event::Tcp(event) => {
+                            let (streams, _, mut wire) = state.streams(now);
+                            streams.on_event(event, &mut wire);
+                        }
                     }
                 }
-                state.queue.peek().map(|Reverse((at, _))| *at)
+                state.agenda.next_at()
             };
             match next {
                 Some(at) => {
@@ -273,14 +343,59 @@ impl World {
         }
     }
 
-    /// Takes a host's access link down or brings it up (a partition of that host).
-    pub fn set_host_link(&self, host: usize, up: bool) {
-        self.lock().host_links[host].set_up(up);
+    /// Starts recording what `host` sends and receives (see [`crate::capture`]).
+    pub fn capture(&self, host: usize) -> Capture {
+        self.lock().taps.open(host)
     }
 
-    /// Takes a NAT's uplink down or up (a partition of everything behind it).
+    /// Runs `change` on the state at the current virtual time, then wakes the driver if it
+    /// queued an event earlier than the one the driver sleeps toward.
+    fn change<R>(&self, change: impl FnOnce(&mut State, Duration) -> R) -> R {
+        let now = self.now();
+        let mut state = self.lock();
+        let before = state.agenda.next_at();
+        let result = change(&mut state, now);
+        let after = state.agenda.next_at();
+        drop(state);
+        if after.is_some_and(|a| before.is_none_or(|b| a < b)) {
+            self.shared.wake.notify_one();
+        }
+        result
+    }
+
+    /// Runs `f` on the simulated TCP connections, with the wire they reach the world through.
+    pub(crate) fn with_streams<R>(
+        &self,
+        f: impl FnOnce(&mut Streams, &Network, &mut dyn Wire) -> R,
+    ) -> R {
+        self.change(|state, now| {
+            let (streams, network, mut wire) = state.streams(now);
+            f(streams, network, &mut wire)
+        })
+    }
+
+    /// Takes a host's access link down or brings it up (a partition of that host). Stream
+    /// bytes wait for it to come up.
+    pub fn set_host_link(&self, host: usize, up: bool) {
+        self.change(|state, now| {
+            state.host_links[host].set_up(up);
+            if up {
+                let (streams, _, mut wire) = state.streams(now);
+                streams.healed(&mut wire);
+            }
+        });
+    }
+
+    /// Takes a NAT's uplink down or up (a partition of everything behind it). Stream bytes
+    /// wait for it to come up.
     pub fn set_nat_link(&self, nat: usize, up: bool) {
-        self.lock().nat_links[nat].set_up(up);
+        self.change(|state, now| {
+            state.nat_links[nat].set_up(up);
+            if up {
+                let (streams, _, mut wire) = state.streams(now);
+                streams.healed(&mut wire);
+            }
+        });
     }
 
     /// Kills the socket bound to `port` on `host`, as the death of its process would: it sends
@@ -298,13 +413,21 @@ impl World {
         true
     }
 
-    /// Forgets every mapping of a NAT (rebinding).
+    /// Forgets every mapping of a NAT (rebinding), UDP and TCP: the stream connections through
+    /// it are reset.
     pub fn flush_nat(&self, nat: usize) {
-        self.lock().nats[nat].flush();
+        let mut state = self.lock();
+        state.nats[nat].flush();
+        let why = format!(
+            "NAT {:?} lost the connection's state (flushed)",
+            state.network.nats[nat].name
+        );
+        state.streams.reset_through_nat(nat, &why);
     }
 
     /// Gives a host a new address on the same network (roaming); its sockets keep their ports
-    /// and now send from the new address.
+    /// and now send from the new address. Its stream connections are reset (its listeners
+    /// stay).
     pub fn move_host(&self, host: usize, ip: Ipv4Addr) -> Result<(), String> {
         let mut state = self.lock();
         let taken = state.network.hosts.iter().any(|h| h.ip == ip)
@@ -312,6 +435,11 @@ impl World {
         if taken {
             return Err(format!("the address {ip} is taken"));
         }
+        let why = format!(
+            "simulated host {:?} moved to a new address",
+            state.network.hosts[host].name
+        );
+        state.streams.reset_host(host, &why);
         let old = state.network.hosts[host].ip;
         state.network.hosts[host].ip = ip;
         let moved: Vec<SocketAddrV4> = state
@@ -339,7 +467,15 @@ impl World {
         let now = self.now();
         let mut state = self.lock();
         state.counters.sent += 1;
-        let earliest = state.queue.peek().map(|Reverse((at, _))| *at);
+        state.taps.record(host, || Captured {
+            at: now,
+            direction: Direction::Sent,
+            transport: Transport::Udp,
+            local: SocketAddr::V4(src),
+            remote: SocketAddr::V4(dst),
+            data: data.to_vec(),
+        });
+        let earliest = state.agenda.next_at();
         let parent = state.network.hosts[host].parent;
         let packet = Packet {
             src,
@@ -384,10 +520,7 @@ fn transmit(state: &mut State, now: Duration, packet: Packet, link: LinkRef) -> 
     };
     match link.transmit(now, size, rng) {
         Ok(at) => {
-            let seq = state.next_seq;
-            state.next_seq += 1;
-            state.queue.push(Reverse((at, seq)));
-            state.packets.insert(seq, packet);
+            state.agenda.push(at, Event::Packet(packet));
             Some(at)
         }
         Err(drop) => {
@@ -405,7 +538,7 @@ impl State {
     /// Handles a packet that has reached `packet.hop` at `now`.
     fn step(&mut self, now: Duration, mut packet: Packet) {
         match packet.hop {
-            Hop::Host(host) => self.deliver(host, packet),
+            Hop::Host(host) => self.deliver(now, host, packet),
             Hop::NatOutside(nat) => {
                 if self.network.nats[nat].block_udp {
                     return self.count_drop(DropReason::UdpBlocked);
@@ -479,7 +612,7 @@ impl State {
         transmit(self, now, packet, LinkRef::NatUp(nat));
     }
 
-    fn deliver(&mut self, host: usize, packet: Packet) {
+    fn deliver(&mut self, now: Duration, host: usize, packet: Packet) {
         // The host may have moved while the packet was on its way.
         if *packet.dst.ip() != self.network.hosts[host].ip {
             return self.count_drop(DropReason::Unreachable);
@@ -495,6 +628,14 @@ impl State {
             drop(inbox);
             return self.count_drop(DropReason::SocketFull);
         }
+        self.taps.record(host, || Captured {
+            at: now,
+            direction: Direction::Received,
+            transport: Transport::Udp,
+            local: SocketAddr::V4(packet.dst),
+            remote: SocketAddr::V4(packet.src),
+            data: packet.data.clone(),
+        });
         inbox.datagrams.push_back((packet.data, packet.src));
         if let Some(waker) = inbox.waker.take() {
             waker.wake();
@@ -502,13 +643,116 @@ impl State {
         drop(inbox);
         self.counters.delivered += 1;
     }
+
+    /// The connections, the network, and the wire they reach the rest of the state through.
+    fn streams(&mut self, now: Duration) -> (&mut Streams, &Network, StreamWire<'_>) {
+        let Self {
+            network,
+            host_links,
+            nat_links,
+            agenda,
+            rng,
+            counters,
+            streams,
+            taps,
+            ..
+        } = self;
+        let wire = StreamWire {
+            now,
+            host_links,
+            nat_links,
+            rng,
+            agenda,
+            counters,
+            taps,
+        };
+        (streams, network, wire)
+    }
+}
+
+/// The world as the TCP connection machine sees it.
+struct StreamWire<'a> {
+    now: Duration,
+    host_links: &'a [Duplex],
+    nat_links: &'a [Duplex],
+    rng: &'a mut ChaCha8Rng,
+    agenda: &'a mut Agenda,
+    counters: &'a mut Counters,
+    taps: &'a mut Taps,
+}
+
+impl StreamWire<'_> {
+    fn stream_record(
+        &mut self,
+        host: usize,
+        direction: Direction,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        data: &[u8],
+    ) {
+        let at = self.now;
+        self.taps.record(host, || Captured {
+            at,
+            direction,
+            transport: Transport::Stream,
+            local: SocketAddr::V4(local),
+            remote: SocketAddr::V4(remote),
+            data: data.to_vec(),
+        });
+    }
+}
+
+impl Wire for StreamWire<'_> {
+    fn now(&self) -> Duration {
+        self.now
+    }
+
+    fn path(&self, links: &[LinkId]) -> PathState {
+        let mut state = PathState {
+            up: true,
+            generation: 0,
+        };
+        for link in links {
+            let duplex = match *link {
+                LinkId::Host(i) => self.host_links.get(i),
+                LinkId::Nat(i) => self.nat_links.get(i),
+            };
+            match duplex {
+                Some(duplex) => {
+                    state.up &= duplex.up.is_up();
+                    state.generation += duplex.downs;
+                }
+                None => state.up = false,
+            }
+        }
+        state
+    }
+
+    fn jitter(&mut self, max: Duration) -> Duration {
+        use rand::Rng;
+        let max_nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(self.rng.random_range(0..=max_nanos))
+    }
+
+    fn schedule(&mut self, at: Duration, event: TcpEvent) {
+        self.agenda.push(at, Event::Tcp(event));
+    }
+
+    fn sent(&mut self, host: usize, local: SocketAddrV4, remote: SocketAddrV4, data: &[u8]) {
+        self.stream_record(host, Direction::Sent, local, remote, data);
+    }
+
+    fn delivered(&mut self, host: usize, local: SocketAddrV4, remote: SocketAddrV4, data: &[u8]) {
+        self.counters.stream_bytes += u64::try_from(data.len()).unwrap_or(u64::MAX);
+        self.stream_record(host, Direction::Received, local, remote, data);
+    }
 }
 
 /// Opens sockets on one simulated host.
 #[derive(Clone)]
 pub struct HostBinder {
-    world: World,
-    host: usize,
+    pub(crate) world: World,
+    pub(crate) host: usize,
 }
 
 impl fmt::Debug for HostBinder {
