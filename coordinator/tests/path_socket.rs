@@ -23,6 +23,7 @@ const ALPN: &[u8] = b"path-test/1";
 const RELAY_MTU: EndpointOptions = EndpointOptions {
     seed: None,
     initial_mtu: 1300,
+    accepts_peers: false,
 };
 
 fn udp() -> Arc<UdpSocket> {

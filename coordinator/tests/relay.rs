@@ -18,6 +18,7 @@ use mesh_proto::messages::RELAY_ALPN;
 const RELAY_MTU: EndpointOptions = EndpointOptions {
     seed: None,
     initial_mtu: 1300,
+    accepts_peers: false,
 };
 
 fn endpoint(key: &SecretKey, alpns: &[&[u8]]) -> Endpoint {

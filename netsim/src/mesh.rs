@@ -142,6 +142,8 @@ pub struct ExecReport {
     pub bytes_up: u64,
     /// QUIC bytes this client sent through the relay.
     pub relay_bytes: u64,
+    /// Packets the client's relay connection could not take (too big, or gone).
+    pub relay_refused: u64,
     /// The output (stdout and stderr together, in arrival order of each stream).
     pub stdout: Vec<u8>,
     /// Standard error.
@@ -161,6 +163,7 @@ impl ExecReport {
             outcome: outcome.into(),
             bytes_up,
             relay_bytes: 0,
+            relay_refused: 0,
             stdout: Vec::new(),
             stderr: Vec::new(),
         }
@@ -689,6 +692,7 @@ impl Client {
         let info = net.socket.path_info(granted.host.key);
         let counters = net.socket.counters();
         report.relay_bytes = counters.relay_bytes;
+        report.relay_refused = counters.relay_refused;
         match info.map(|i| (i.path, i.direct_since)) {
             Some((Path::Direct(addr), since)) => {
                 report.path = "direct".into();

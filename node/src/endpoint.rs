@@ -96,14 +96,42 @@ impl AsyncUdpSocket for SeamSocket {
     }
 }
 
-fn transport_config(initial_mtu: u16) -> Arc<quinn::TransportConfig> {
+/// How big a connection's packets may be.
+#[derive(Debug, Clone, Copy)]
+enum Mtu {
+    /// Start at this size and let path MTU discovery raise it: a connection to a real address
+    /// (the coordinator, a relay), whose packets always take that one path.
+    Discover(u16),
+    /// Every packet at most [`PEER_MTU`], no discovery: a connection to a peer through the path
+    /// socket, whose packets may move between direct paths and the relay at any time. A size
+    /// discovered on one path would be silently lost on another (a relayed packet carries
+    /// framing, and its relay connection may have a smaller MTU), so the size is one every
+    /// path carries.
+    Peer,
+}
+
+fn transport_config(mtu: Mtu) -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     // The constant is far below quinn's VarInt limit, so the conversion cannot fail.
     transport.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
     transport.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
-    transport.initial_mtu(initial_mtu);
+    match mtu {
+        Mtu::Discover(initial) => {
+            transport.initial_mtu(initial);
+        }
+        Mtu::Peer => {
+            transport.initial_mtu(PEER_MTU);
+            transport.min_mtu(PEER_MTU);
+            transport.mtu_discovery_config(None);
+        }
+    }
     Arc::new(transport)
 }
+
+/// The UDP payload size of every packet between peers (RFC 9000's minimum, 1,200 bytes),
+/// whichever path it takes: it fits a relay datagram with its framing (checked where the relay
+/// framing is defined) and every path QUIC can run on at all.
+pub const PEER_MTU: u16 = 1200;
 
 /// The UDP payload size QUIC starts with (quinn's and RFC 9000's minimum); path MTU
 /// discovery raises it.
@@ -118,6 +146,9 @@ pub struct EndpointOptions {
     /// The UDP payload size connections start with, before path MTU discovery. A relay's
     /// connections start larger, since whole QUIC packets of the peers travel inside them.
     pub initial_mtu: u16,
+    /// Whether the connections this endpoint accepts come from peers through a path socket
+    /// (an agent's): their packets are then capped at [`PEER_MTU`] without discovery.
+    pub accepts_peers: bool,
 }
 
 impl Default for EndpointOptions {
@@ -125,6 +156,7 @@ impl Default for EndpointOptions {
         Self {
             seed: None,
             initial_mtu: DEFAULT_INITIAL_MTU,
+            accepts_peers: false,
         }
     }
 }
@@ -188,7 +220,11 @@ impl Endpoint {
             let tls = tls::server_config(&key, accept_alpns)?;
             let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Quic(e.to_string()))?;
             let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-            server.transport_config(transport_config(options.initial_mtu));
+            server.transport_config(transport_config(if options.accepts_peers {
+                Mtu::Peer
+            } else {
+                Mtu::Discover(options.initial_mtu)
+            }));
             Some(server)
         };
         let inner = quinn::Endpoint::new_with_abstract_socket(
@@ -226,7 +262,12 @@ impl Endpoint {
         let (tls, presented_instead) = tls::client_config(&self.key, expected, alpn)?;
         let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Quic(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(transport_config(self.initial_mtu));
+        // A mapped address is a peer behind the path socket (see `Mtu::Peer`).
+        config.transport_config(transport_config(if crate::path::mapped::is_mapped(addr) {
+            Mtu::Peer
+        } else {
+            Mtu::Discover(self.initial_mtu)
+        }));
         // The server name is unused: identity is the raw key, checked by the verifier.
         let connecting = self
             .inner

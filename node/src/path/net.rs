@@ -80,6 +80,8 @@ impl NodeNet {
             &options.accept_alpns,
             EndpointOptions {
                 seed: options.seed,
+                // What it accepts comes through this path socket (see `endpoint::Mtu::Peer`).
+                accepts_peers: true,
                 ..EndpointOptions::default()
             },
         )?;
@@ -174,6 +176,7 @@ async fn connect_relay(
         EndpointOptions {
             seed,
             initial_mtu: RELAY_INITIAL_MTU,
+            ..EndpointOptions::default()
         },
     )?;
     let mut last = Error::Refused("the relay has no address".into());

@@ -139,3 +139,15 @@ pub const RELAY_INITIAL_MTU: u16 = 1300;
 /// Bytes a `Send` or `Deliver` frame adds around a packet: the frame header (7), the key (32)
 /// and the packet's length (at most 3 as a varint), rounded up.
 pub const RELAY_FRAMING: usize = 48;
+
+/// What a relay connection's own QUIC packet adds around a datagram: a short header (1), the
+/// destination connection ID (quinn's 8), the packet number (at most 4), the DATAGRAM frame's
+/// type and length (3) and the AEAD tag (16).
+pub const RELAY_QUIC_OVERHEAD: usize = 32;
+
+// Every packet between peers fits one relay datagram from a relay connection's first packet
+// on: a path change to the relay never meets a packet too big for it.
+const _: () = assert!(
+    crate::endpoint::PEER_MTU as usize + RELAY_FRAMING + RELAY_QUIC_OVERHEAD
+        <= RELAY_INITIAL_MTU as usize
+);

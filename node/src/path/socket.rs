@@ -55,6 +55,9 @@ pub struct PathCounters {
     pub relay_bytes: u64,
     /// Packets dropped for want of any path.
     pub no_path: u64,
+    /// Packets the relay connection could not take (too big for a datagram, or the
+    /// connection gone).
+    pub relay_refused: u64,
 }
 
 struct Inner {
@@ -582,8 +585,13 @@ impl DatagramSocket for PathSocket {
                 drop(inner);
                 if let Some(relay) = relay {
                     // Like a UDP send, a packet the relay path cannot take is lost, not an
-                    // error quinn must handle.
-                    let _ = relay.send(id.key, instance, self.instance, datagram.to_vec());
+                    // error quinn must handle; it is counted.
+                    if relay
+                        .send(id.key, instance, self.instance, datagram.to_vec())
+                        .is_err()
+                    {
+                        self.lock().counters.relay_refused += 1;
+                    }
                 }
                 Ok(())
             }
