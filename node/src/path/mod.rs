@@ -10,6 +10,7 @@
 //!   takes `now`.
 //! - [`stream`]: datagram sockets whose datagrams travel as frames on byte streams, for
 //!   sites that allow only TCP.
+//! - [`tls_stream`]: those byte streams as TLS over TCP, authenticated by node keys.
 //!
 //! Probes themselves (signed pings and pongs, replay protection) are
 //! [`mesh_proto::probe`].
@@ -20,3 +21,4 @@ pub mod relay_client;
 pub mod socket;
 pub mod state;
 pub mod stream;
+pub mod tls_stream;

@@ -2,7 +2,7 @@
 //! "Connections": the coordinator and relay are reachable over TCP with TLS).
 //!
 //! A quinn endpoint needs a [`DatagramSocket`]; here its datagrams travel as frames on a
-//! reliable byte stream (TLS over TCP in production; an in-memory
+//! reliable byte stream (TLS over TCP in production, see [`super::tls_stream`]; an in-memory
 //! pipe in tests and the simulator). A frame is a 2-byte big-endian length, 1 to
 //! [`MAX_STREAM_DATAGRAM`], then the datagram. Everything above the socket — QUIC, the control
 //! protocol, the relay — is the same as over UDP.
