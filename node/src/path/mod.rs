@@ -8,6 +8,9 @@
 //! - [`socket`]: the path socket quinn runs on.
 //! - [`state`]: one peer's candidate paths and the choice between them, a state machine that
 //!   takes `now`.
+//! - [`stream`]: datagram sockets whose datagrams travel as frames on byte streams, for
+//!   sites that allow only TCP.
+//! - [`tls_stream`]: those byte streams as TLS over TCP, authenticated by node keys.
 //!
 //! Probes themselves (signed pings and pongs, replay protection) are
 //! [`mesh_proto::probe`].
@@ -17,3 +20,5 @@ pub mod net;
 pub mod relay_client;
 pub mod socket;
 pub mod state;
+pub mod stream;
+pub mod tls_stream;
