@@ -1,0 +1,403 @@
+//! The real `mesh` binary in the kernel NAT lab (issue 8, "relay and the path socket"): a
+//! coordinator (with its embedded relay) on a public host, an agent and a user's device each in
+//! its own network namespace behind Linux NATs (`mesh_netsim::lab`).
+//!
+//! - Host and client each behind `masquerade random` (symmetric NATs, random ports): no direct
+//!   path exists, yet `mesh exec` works, through the relay, and `mesh path` says so.
+//! - The positive control: a host behind a full-cone NAT, a public client: `mesh path` says
+//!   direct, at the NAT's external address and the agent's port.
+//!
+//! These tests need root, iproute2 and nftables, and skip (saying why) without them, except
+//! under `CI`, where a skip fails. Their `namespace_` names put them in nextest's serial
+//! `namespace-and-users` group (`.config/nextest.toml`).
+
+// Test helpers outside #[test] functions: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mesh_netsim::lab::{self, Lab};
+use mesh_netsim::topology::Topology;
+use mesh_tests::fleet::{Daemon, text};
+use mesh_tests::{mesh_bin, skip_test};
+use tempfile::TempDir;
+
+/// The coordinator's port on the hub.
+const COORDINATOR_PORT: u16 = 7400;
+/// The port every agent listens on (`config.toml`'s `listen`).
+const AGENT_PORT: u16 = 7422;
+/// How long any one `mesh` command may run before it is killed and the test fails.
+const COMMAND_LIMIT: Duration = Duration::from_secs(30);
+
+/// The relay case: host and client each behind `masquerade random`.
+const RELAY_TOPOLOGY: &str = r#"
+[[nat]]
+name = "site"
+kind = "symmetric-random"
+
+[[nat]]
+name = "home"
+kind = "symmetric-random"
+
+[[host]]
+name = "hub"
+
+[[host]]
+name = "edge"
+behind = "site"
+
+[[host]]
+name = "laptop"
+behind = "home"
+"#;
+
+/// The direct case: a host behind a full-cone NAT, a public client.
+const DIRECT_TOPOLOGY: &str = r#"
+[[nat]]
+name = "cone"
+kind = "full-cone"
+
+[[host]]
+name = "hub"
+
+[[host]]
+name = "edge2"
+behind = "cone"
+
+[[host]]
+name = "pub"
+"#;
+
+/// Skips (or fails under CI) when the lab cannot run here.
+fn lab_unsupported() -> bool {
+    if let Some(why) = lab::unsupported() {
+        skip_test(&why);
+        return true;
+    }
+    false
+}
+
+/// A lab with a serving coordinator on host `hub` and its first admin logged in on one device.
+struct LabMesh {
+    // Dropped in order: the processes, then the lab (which kills anything left inside its
+    // namespaces), then the homes.
+    daemons: Vec<(String, Daemon)>,
+    lab: Lab,
+    homes: TempDir,
+    /// The host the admin's device runs in.
+    admin_host: &'static str,
+}
+
+impl LabMesh {
+    /// Builds `topology`, runs `mesh coordinator init` and `serve` on `hub`, and
+    /// `mesh login` of the first admin on `admin_host`.
+    fn start(topology: &str, admin_host: &'static str) -> Self {
+        let network = Topology::from_toml(topology).unwrap().resolve().unwrap();
+        let lab = Lab::build(&network).unwrap();
+        let homes = tempfile::Builder::new()
+            .prefix("mesh-kernel-")
+            .tempdir()
+            .unwrap();
+        let mut mesh = Self {
+            daemons: Vec::new(),
+            lab,
+            homes,
+            admin_host,
+        };
+        let addr = mesh.coordinator_addr();
+        let out = mesh.run(
+            "hub",
+            "hub",
+            &["coordinator", "init", "--addr", &addr],
+            None,
+        );
+        let token = text(&out.stdout).trim().to_owned();
+        let serve = mesh.command("hub", "hub", &["coordinator", "serve"]);
+        mesh.daemons
+            .push(("coordinator".into(), Daemon::spawn(serve, "listening on")));
+        mesh.run(admin_host, "admin", &["login", "-"], Some(&token));
+        mesh
+    }
+
+    /// Where the coordinator (and its relay) is reached.
+    fn coordinator_addr(&self) -> String {
+        format!("{}:{COORDINATOR_PORT}", self.lab.host_ip("hub").unwrap())
+    }
+
+    fn home(&self, name: &str) -> PathBuf {
+        self.homes.path().join(name)
+    }
+
+    /// `mesh --home HOME ARGS...` inside `host`'s namespace, with a clean environment and
+    /// closed stdin, not yet run.
+    fn command(&self, host: &str, home: &str, args: &[&str]) -> Command {
+        let mut command = self
+            .lab
+            .host_command(host, mesh_bin().to_str().unwrap())
+            .unwrap();
+        command
+            .arg("--home")
+            .arg(self.home(home))
+            .args(args)
+            .env_remove("MESH_HOME")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `mesh --home HOME ARGS...` in `host` (with `input` on stdin), at most
+    /// [`COMMAND_LIMIT`], and requires it to succeed.
+    fn run(&self, host: &str, home: &str, args: &[&str], input: Option<&str>) -> Output {
+        let out = self.try_run(host, home, args, input);
+        assert!(
+            out.status.success(),
+            "`mesh {}` in {host} exited {:?}\nstdout:\n{}\nstderr:\n{}\n{}",
+            args.join(" "),
+            out.status.code(),
+            text(&out.stdout),
+            text(&out.stderr),
+            self.daemon_logs()
+        );
+        out
+    }
+
+    /// Runs `mesh --home HOME ARGS...` in `host` (with `input` on stdin) to completion; kills
+    /// it and fails the test after [`COMMAND_LIMIT`].
+    fn try_run(&self, host: &str, home: &str, args: &[&str], input: Option<&str>) -> Output {
+        let mut command = self.command(host, home, args);
+        if input.is_some() {
+            command.stdin(Stdio::piped());
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = input {
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(input.as_bytes()).unwrap();
+        }
+        let drain = |mut pipe: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                let _ = pipe.read_to_end(&mut bytes);
+                bytes
+            })
+        };
+        let stdout = drain(Box::new(child.stdout.take().unwrap()));
+        let stderr = drain(Box::new(child.stderr.take().unwrap()));
+        let deadline = Instant::now() + COMMAND_LIMIT;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "`mesh {}` in {host} still running after {COMMAND_LIMIT:?}, killed\n\
+                     stdout:\n{}\nstderr:\n{}\n{}",
+                    args.join(" "),
+                    text(&stdout.join().unwrap()),
+                    text(&stderr.join().unwrap()),
+                    self.daemon_logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Output {
+            status,
+            stdout: stdout.join().unwrap(),
+            stderr: stderr.join().unwrap(),
+        }
+    }
+
+    /// `mesh ARGS...` as the admin, on the admin's device.
+    fn admin(&self, args: &[&str]) -> Output {
+        self.try_run(self.admin_host, "admin", args, None)
+    }
+
+    /// `mesh ARGS... --json` as the admin, required to succeed, parsed.
+    fn admin_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.run(self.admin_host, "admin", args, None);
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&out.stdout)))
+    }
+
+    /// Invites host `name`, enrolls it in its namespace (home `name`, listening on every
+    /// address at [`AGENT_PORT`]) and starts its agent.
+    fn add_host(&mut self, name: &str) {
+        let out = self.run(
+            self.admin_host,
+            "admin",
+            &["invite", "host", "--name", name],
+            None,
+        );
+        let token = text(&out.stdout).trim().to_owned();
+        let home = self.home(name);
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::write(
+            home.join("config.toml"),
+            format!("listen = \"0.0.0.0:{AGENT_PORT}\"\n"),
+        )
+        .unwrap();
+        self.run(name, name, &["node", "join", "-"], Some(&token));
+        let agent = self.command(name, name, &["node", "run"]);
+        self.daemons.push((
+            format!("agent {name}"),
+            Daemon::spawn(agent, "connected to the coordinator"),
+        ));
+    }
+
+    /// Every daemon's stderr so far, for failure messages.
+    fn daemon_logs(&self) -> String {
+        self.daemons
+            .iter()
+            .map(|(name, daemon)| format!("--- {name} stderr:\n{}", daemon.log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+#[test]
+fn namespace_exec_works_through_the_relay_between_two_symmetric_nats_and_path_says_relay() {
+    if lab_unsupported() {
+        return;
+    }
+    let started = Instant::now();
+    let mut mesh = LabMesh::start(RELAY_TOPOLOGY, "laptop");
+    mesh.add_host("edge");
+    let ready = started.elapsed();
+    let coordinator = mesh.coordinator_addr();
+    let site = mesh.lab.nat_external_ip("site").unwrap().to_string();
+
+    let exec_started = Instant::now();
+    let out = mesh.admin(&["exec", "edge", "--login", "root", "--", "echo", "hello"]);
+    let exec_took = exec_started.elapsed();
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).as_str()),
+        (Some(0), "hello\n"),
+        "mesh exec edge\nstderr:\n{}\n{}",
+        text(&out.stderr),
+        mesh.daemon_logs()
+    );
+
+    let report = mesh.admin_json(&["path", "edge", "--json"]);
+    eprintln!("mesh path edge --json: {report:#}");
+    let context = || format!("{report:#}\n{}", mesh.daemon_logs());
+    assert_eq!(report["host"], "edge", "{}", context());
+    assert_eq!(report["path"], "relay", "{}", context());
+    assert_eq!(report["remote_addr"], coordinator.as_str(), "{}", context());
+    assert_eq!(
+        report["relay"]["addr"],
+        coordinator.as_str(),
+        "{}",
+        context()
+    );
+    assert!(
+        report["relay"]["node_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{}",
+        context()
+    );
+    assert!(
+        report["bytes_sent"]["relay"].as_u64().unwrap() > 0,
+        "{}",
+        context()
+    );
+    // The coordinator listed the host where it saw it (the site NAT's address) and the direct
+    // probes went there; nothing answered through the symmetric NATs.
+    let candidates = report["candidates"].as_array().unwrap();
+    assert!(
+        candidates
+            .iter()
+            .any(|c| c["addr"].as_str().unwrap().starts_with(&format!("{site}:"))),
+        "no candidate at the site NAT's address {site}: {}",
+        context()
+    );
+    for candidate in candidates {
+        assert_eq!(candidate["confirmed"], false, "{}", context());
+        assert!(candidate["pings"].as_u64().unwrap() >= 1, "{}", context());
+    }
+
+    // `mesh hosts` agrees.
+    let hosts = mesh.admin_json(&["hosts", "--json"]);
+    let edge = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "edge")
+        .unwrap_or_else(|| panic!("edge not listed: {hosts}"));
+    assert_eq!(edge["online"], true, "{hosts}");
+    assert_eq!(edge["path"], "relay", "{hosts}");
+
+    eprintln!(
+        "lab, coordinator and agent ready in {ready:?}; exec through the relay took \
+         {exec_took:?}; whole test {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn namespace_a_host_behind_a_full_cone_nat_is_reached_directly_and_path_says_direct() {
+    if lab_unsupported() {
+        return;
+    }
+    let started = Instant::now();
+    let mut mesh = LabMesh::start(DIRECT_TOPOLOGY, "pub");
+    mesh.add_host("edge2");
+    let coordinator = mesh.coordinator_addr();
+    let mapped = format!("{}:{AGENT_PORT}", mesh.lab.nat_external_ip("cone").unwrap());
+
+    let out = mesh.admin(&["exec", "edge2", "--login", "root", "--", "echo", "hello"]);
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).as_str()),
+        (Some(0), "hello\n"),
+        "mesh exec edge2\nstderr:\n{}\n{}",
+        text(&out.stderr),
+        mesh.daemon_logs()
+    );
+
+    let report = mesh.admin_json(&["path", "edge2", "--json"]);
+    eprintln!("mesh path edge2 --json: {report:#}");
+    let context = || format!("{report:#}\n{}", mesh.daemon_logs());
+    assert_eq!(report["path"], "direct", "{}", context());
+    assert_eq!(report["remote_addr"], mapped.as_str(), "{}", context());
+    assert_eq!(
+        report["relay"]["addr"],
+        coordinator.as_str(),
+        "{}",
+        context()
+    );
+    // The handshake starts on the relay and `mesh path` reports as soon as the direct address
+    // is confirmed, so the bytes may all be the relay's (as on loopback, `path.rs`).
+    let sent = &report["bytes_sent"];
+    assert!(
+        sent["direct"].as_u64().unwrap() + sent["relay"].as_u64().unwrap() > 0,
+        "{}",
+        context()
+    );
+    let candidates = report["candidates"].as_array().unwrap();
+    let at_nat = candidates
+        .iter()
+        .find(|c| c["addr"] == mapped.as_str())
+        .unwrap_or_else(|| panic!("{mapped} not a candidate: {}", context()));
+    assert_eq!(at_nat["confirmed"], true, "{}", context());
+
+    let hosts = mesh.admin_json(&["hosts", "--json"]);
+    let edge2 = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "edge2")
+        .unwrap_or_else(|| panic!("edge2 not listed: {hosts}"));
+    assert_eq!(edge2["online"], true, "{hosts}");
+    assert_eq!(edge2["path"], "direct", "{hosts}");
+    assert_eq!(edge2["remote_addr"], mapped.as_str(), "{hosts}");
+
+    eprintln!("whole test {:?}", started.elapsed());
+}
