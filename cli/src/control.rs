@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use mesh_coordinator::home::{self, DEFAULT_PORT};
 use mesh_node::control::{ClientLink, EnrolledAs, Enrollment, connect_from_home, enroll, request};
+use mesh_node::path::dial::{TcpAcceptor, TcpConnector};
 use mesh_proto::messages::control::{
     ContactRequest, ControlMessage, HostSet, InviteCreate, InviteListRequest, InviteRevoke,
     InviteTarget, Label, RoleListRequest, RoleSpec, UserListRequest,
@@ -66,15 +67,31 @@ pub(crate) fn coordinator_serve(
             ))
         })?;
         let endpoint = mesh_node::endpoint::Endpoint::with_options(
-            key,
+            key.clone(),
             Arc::new(socket),
             mesh_coordinator::server::COORDINATOR_ALPNS,
             mesh_coordinator::server::endpoint_options(),
         )
         .map_err(failed)?;
         let local = endpoint.local_addr().map_err(failed)?;
-        tracing::info!("mesh coordinator listening on {local} (tokens say {addr})");
-        coordinator.serve(endpoint, crate::shutdown_signal()).await;
+        // The same port over TCP, for sites that let only outbound TCP through: the control
+        // protocol and the relay over TLS-over-TCP streams.
+        let tcp = tokio::net::TcpListener::bind(local).await.map_err(|e| {
+            failed(format!(
+                "cannot listen on {local}/tcp: {e} (is another coordinator running? use --listen)"
+            ))
+        })?;
+        tracing::info!("mesh coordinator listening on {local} (UDP and TCP; tokens say {addr})");
+        coordinator
+            .serve_with_streams(
+                key,
+                endpoint,
+                Some(TcpAcceptor(tcp)),
+                mesh_coordinator::server::endpoint_options(),
+                crate::shutdown_signal(),
+            )
+            .await
+            .map_err(failed)?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -149,7 +166,7 @@ pub(crate) fn enroll_home(
         let endpoint =
             mesh_node::endpoint::Endpoint::new(key, Arc::new(socket), &[]).map_err(failed)?;
         let now = UnixTime::from_system_time(SystemTime::now());
-        enroll(&endpoint, &text, coordinator, now)
+        enroll(&endpoint, &TcpConnector, &text, coordinator, now)
             .await
             .map_err(failed)
     })?;

@@ -11,6 +11,7 @@ use mesh_coordinator::home;
 use mesh_coordinator::model::InviteFor;
 use mesh_node::control::{Enrollment, connect_from_home, directory, enroll};
 use mesh_node::endpoint::Endpoint;
+use mesh_node::path::dial::TcpConnector;
 use mesh_node::session::host::SessionProgram;
 use mesh_proto::token::TokenKind;
 use mesh_proto::{SecretKey, SystemClock, UnixTime};
@@ -157,7 +158,7 @@ async fn enroll_home(home: &Path, token: &str) -> Result<(), Failure> {
     let endpoint =
         Endpoint::new(key, Arc::new(socket), &[]).map_err(|e| failed("endpoint")(e.to_string()))?;
     let now = UnixTime::from_system_time(SystemTime::now());
-    let enrollment: Enrollment = enroll(&endpoint, token, None, now)
+    let enrollment: Enrollment = enroll(&endpoint, &TcpConnector, token, None, now)
         .await
         .map_err(|e| failed("enroll")(e.to_string()))?;
     enrollment

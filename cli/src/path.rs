@@ -18,6 +18,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use mesh_node::control::{EnrolledAs, Enrollment, connect_coordinator, request, session_net};
+use mesh_node::path::dial::TcpConnector;
 use mesh_node::path::net::{NodeNet, RelayContact};
 use mesh_node::path::socket::PathInfo;
 use mesh_node::path::state::{Path, Source};
@@ -160,6 +161,7 @@ async fn contact(
 ) -> Result<HostContact, Failure> {
     let conn = connect_coordinator(
         &net.endpoint,
+        &TcpConnector,
         enrollment.coordinator_key,
         &enrollment.coordinator_addrs,
     )

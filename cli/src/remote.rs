@@ -10,6 +10,7 @@ use mesh_node::control::{
     Enrollment, connect_coordinator, request as control_request, session_net,
 };
 use mesh_node::grant_cache;
+use mesh_node::path::dial::TcpConnector;
 use mesh_node::path::net::{NodeNet, RelayContact};
 use mesh_node::session::client::{
     ClientEvent, SessionInput, SessionOutcome, SessionRequest, open_session,
@@ -229,6 +230,7 @@ async fn by_name(
     let endpoint = net.endpoint.clone();
     let conn = match connect_coordinator(
         &endpoint,
+        &TcpConnector,
         enrollment.coordinator_key,
         &enrollment.coordinator_addrs,
     )

@@ -9,8 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use mesh_node::endpoint::{Connection, Endpoint};
+use mesh_node::endpoint::{Connection, Endpoint, EndpointOptions};
 use mesh_node::framed::{FrameReader, write_frame};
+use mesh_node::path::dial::StreamAcceptor;
+use mesh_node::path::stream::{StreamServerSocket, is_stream_addr};
+use mesh_node::path::tls_stream::serve_streams;
 use mesh_proto::audit::MAX_AUDIT_BATCH;
 use mesh_proto::codec::payload_len;
 use mesh_proto::grant::{OFFLINE_GRANT_DEFAULT_TTL, ONLINE_GRANT_DEFAULT_TTL, TEMPORARY_ROOT};
@@ -101,10 +104,10 @@ pub const COORDINATOR_ALPNS: &[&[u8]] = &[mesh_proto::messages::CONTROL_ALPN, RE
 
 /// How a coordinator's endpoint is built: its connections start large enough for relayed
 /// packets.
-pub fn endpoint_options() -> mesh_node::endpoint::EndpointOptions {
-    mesh_node::endpoint::EndpointOptions {
+pub fn endpoint_options() -> EndpointOptions {
+    EndpointOptions {
         initial_mtu: mesh_node::path::relay_client::RELAY_INITIAL_MTU,
-        ..mesh_node::endpoint::EndpointOptions::default()
+        ..EndpointOptions::default()
     }
 }
 
@@ -148,6 +151,48 @@ impl<S: Store> Coordinator<S> {
             .accept_until(shutdown, |conn| self.clone().serve_connection(conn))
             .await;
         endpoint.close_and_flush(Duration::from_secs(1)).await;
+    }
+
+    /// Serves on the UDP `endpoint` and, with `streams`, on TLS-over-TCP streams accepted
+    /// there (for sites that allow only outbound TCP): a second endpoint, as `key` with
+    /// `options`, runs on those streams and is served the same way, relay included.
+    pub async fn serve_with_streams(
+        self: Arc<Self>,
+        key: mesh_proto::SecretKey,
+        endpoint: Endpoint,
+        streams: Option<impl StreamAcceptor>,
+        options: EndpointOptions,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), mesh_node::Error> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let local = endpoint
+            .local_addr()
+            .map_err(|source| mesh_node::Error::Io {
+                what: "the coordinator's endpoint has no address",
+                path: std::path::PathBuf::new(),
+                source,
+            })?;
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(self.clone().serve(endpoint, until_stopped(stopped.clone())));
+        if let Some(acceptor) = streams {
+            let socket = StreamServerSocket::new(local);
+            let over_streams =
+                Endpoint::with_options(key.clone(), socket.clone(), COORDINATOR_ALPNS, options)?;
+            let accepting = serve_streams(acceptor, key, socket, until_stopped(stopped.clone()));
+            tasks.spawn(async move {
+                if let Err(e) = accepting.await {
+                    tracing::warn!("streams are not served: {e}");
+                }
+            });
+            tasks.spawn(self.clone().serve(over_streams, until_stopped(stopped)));
+        }
+        shutdown.await;
+        stop.send_replace(true);
+        while tasks.join_next().await.is_some() {}
+        Ok(())
     }
 
     /// The embedded relay.
@@ -809,12 +854,21 @@ fn contact_addrs(
     observed: std::net::SocketAddr,
     listen: &[std::net::SocketAddr],
 ) -> Vec<std::net::SocketAddr> {
-    let mut addrs = vec![observed];
+    // A host that reached us over a TLS-over-TCP stream shows a made-up address, and its TCP
+    // mapping says nothing of where UDP could reach it: only its own listed addresses remain.
+    let over_stream = is_stream_addr(observed);
+    let mut addrs = if over_stream {
+        Vec::new()
+    } else {
+        vec![observed]
+    };
     for addr in listen {
-        let concrete = if addr.ip().is_unspecified() {
-            std::net::SocketAddr::new(observed.ip(), addr.port())
-        } else {
+        let concrete = if !addr.ip().is_unspecified() {
             *addr
+        } else if over_stream {
+            continue;
+        } else {
+            std::net::SocketAddr::new(observed.ip(), addr.port())
         };
         if !addrs.contains(&concrete) {
             addrs.push(concrete);

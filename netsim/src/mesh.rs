@@ -279,15 +279,28 @@ impl Mesh {
             vec![addr.to_string()],
             self.clock.clone(),
         );
+        // As `mesh coordinator serve` does: TLS-over-TCP streams on the same port as UDP.
+        let streams = self
+            .world
+            .binder(host)
+            .listen_stream(COORDINATOR_PORT)
+            .map_err(|e| e.to_string())?;
+        let options = EndpointOptions {
+            seed: Some(quinn_seed(self.seed, &format!("{purpose} streams"))),
+            ..endpoint_options()
+        };
         let (stop, mut stopped) = watch::channel(false);
         let serving = coordinator.clone();
         tokio::spawn(async move {
             // A killed coordinator's sender is dropped: that ends it as well.
-            serving
-                .serve(endpoint, async move {
+            let served = serving
+                .serve_with_streams(key, endpoint, Some(streams), options, async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 })
                 .await;
+            if let Err(e) = served {
+                tracing::warn!("the coordinator stopped: {e}");
+            }
         });
         self.coordinator = Some((coordinator, stop));
         Ok(())
@@ -323,9 +336,15 @@ impl Mesh {
         let key = key_for(self.seed, &format!("agent {name}"));
         // Enrolled from a short-lived endpoint, as `mesh node join` does before `node run`.
         let endpoint = self.client_endpoint(host, &key, &format!("join {name}"))?;
-        let enrollment = enroll(&endpoint, &token, None, self.clock.now())
-            .await
-            .map_err(|e| format!("{name} cannot enroll: {e}"))?;
+        let enrollment = enroll(
+            &endpoint,
+            &self.world.binder(host),
+            &token,
+            None,
+            self.clock.now(),
+        )
+        .await
+        .map_err(|e| format!("{name} cannot enroll: {e}"))?;
         endpoint.close();
         let setup = AgentSetup {
             host,
@@ -399,6 +418,7 @@ impl Mesh {
             temp_accounts: None,
             backend: FakeShellBackend,
             jitter: Jitter::seeded(fnv1a(&purpose) ^ self.seed),
+            streams: Arc::new(self.world.binder(setup.host)),
         };
         let (stop, mut stopped) = watch::channel(false);
         let label = name.to_owned();
@@ -463,9 +483,15 @@ impl Mesh {
         };
         let key = key_for(self.seed, &format!("device {name}"));
         let endpoint = self.client_endpoint(host, &key, name)?;
-        let enrollment = enroll(&endpoint, &token, None, self.clock.now())
-            .await
-            .map_err(|e| format!("{name} cannot enroll: {e}"))?;
+        let enrollment = enroll(
+            &endpoint,
+            &self.world.binder(host),
+            &token,
+            None,
+            self.clock.now(),
+        )
+        .await
+        .map_err(|e| format!("{name} cannot enroll: {e}"))?;
         endpoint.close();
         self.devices.insert(
             name.to_owned(),
@@ -547,6 +573,7 @@ impl Client {
             client_endpoint(&self.world, self.seed, device.host, &device.key, &self.name)?;
         let conn = connect_coordinator(
             &endpoint,
+            &self.world.binder(device.host),
             device.enrollment.coordinator_key,
             &device.enrollment.coordinator_addrs,
         )
@@ -623,6 +650,7 @@ impl Client {
         let endpoint = net.endpoint.clone();
         let conn = connect_coordinator(
             &endpoint,
+            &self.world.binder(device.host),
             device.enrollment.coordinator_key,
             &device.enrollment.coordinator_addrs,
         )
@@ -752,6 +780,7 @@ fn start_net(
             }),
             seed: Some(quinn_seed(seed, purpose)),
             jitter: Jitter::seeded(fnv1a(purpose) ^ seed),
+            streams: Arc::new(world.binder(host)),
         },
     )
     .map_err(|e| e.to_string())

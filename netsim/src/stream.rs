@@ -245,3 +245,35 @@ impl Drop for SimStream {
             .with_streams(|streams, _, wire| streams.drop_end(id, side, wire));
     }
 }
+
+/// The simulated host's streams are how its mesh nodes reach a coordinator or relay over TCP
+/// (`mesh_node::path::dial`), exactly as real nodes use real TCP.
+impl mesh_node::path::dial::StreamConnector for HostBinder {
+    fn connect(
+        &self,
+        addr: SocketAddr,
+    ) -> mesh_node::path::dial::BoxFuture<'_, io::Result<mesh_node::path::stream::ByteStream>> {
+        Box::pin(async move {
+            let stream = self.connect_stream(addr).await?;
+            Ok(Box::new(stream) as mesh_node::path::stream::ByteStream)
+        })
+    }
+}
+
+/// A simulated coordinator accepts streams here, as a real one accepts TCP connections.
+impl mesh_node::path::dial::StreamAcceptor for SimStreamListener {
+    fn accept(
+        &self,
+    ) -> mesh_node::path::dial::BoxFuture<
+        '_,
+        io::Result<(mesh_node::path::stream::ByteStream, SocketAddr)>,
+    > {
+        Box::pin(async move {
+            let (stream, peer) = Self::accept(self).await?;
+            Ok((
+                Box::new(stream) as mesh_node::path::stream::ByteStream,
+                peer,
+            ))
+        })
+    }
+}

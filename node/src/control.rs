@@ -11,14 +11,16 @@ use mesh_proto::token::{open_token, token_bytes_from_text};
 use mesh_proto::{CaKeySet, NodeId, UnixTime};
 use serde::{Deserialize, Serialize};
 
-use crate::endpoint::{Connection, Endpoint};
+use crate::endpoint::{Connection, Endpoint, EndpointOptions};
 use crate::error::Error;
 use crate::framed::{FrameReader, write_frame};
+use crate::path::dial::{StreamConnector, connect_quic};
 
 /// The file in a home that records the enrollment.
 pub const ENROLLMENT_FILE: &str = "enrollment.toml";
 /// How long one attempt to reach one coordinator address may take.
-const CONNECT_ATTEMPT: Duration = Duration::from_secs(5);
+/// UDP's head start and a TCP connection with its TLS and QUIC handshakes fit in it.
+const CONNECT_ATTEMPT: Duration = Duration::from_secs(8);
 
 /// What a node learned when it enrolled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,9 +116,12 @@ impl Enrollment {
     }
 }
 
-/// Connects to the coordinator at the first of `addrs` that answers as `key`.
+/// Connects to the coordinator at the first of `addrs` that answers as `key`: over UDP from
+/// `endpoint`, or over TLS-over-TCP through `streams` when UDP does not answer
+/// ([`crate::path::dial`]).
 pub async fn connect_coordinator(
     endpoint: &Endpoint,
+    streams: &dyn StreamConnector,
     key: NodeId,
     addrs: &[String],
 ) -> Result<Connection, Error> {
@@ -132,7 +137,15 @@ pub async fn connect_coordinator(
         for socket_addr in resolved {
             match tokio::time::timeout(
                 CONNECT_ATTEMPT,
-                endpoint.connect(socket_addr, key, CONTROL_ALPN),
+                connect_quic(
+                    endpoint,
+                    streams,
+                    endpoint.secret_key(),
+                    socket_addr,
+                    key,
+                    CONTROL_ALPN,
+                    EndpointOptions::default(),
+                ),
             )
             .await
             {
@@ -198,9 +211,11 @@ pub async fn request(conn: &Connection, message: &ControlMessage) -> Result<Cont
 }
 
 /// Enrolls `endpoint`'s key with the token in `token_text`: checks the token's signature and
-/// expiry locally, connects to the coordinator it names, redeems it, and returns what to save.
+/// expiry locally, connects to the coordinator it names (over UDP, or through `streams`),
+/// redeems it, and returns what to save.
 pub async fn enroll(
     endpoint: &Endpoint,
+    streams: &dyn StreamConnector,
     token_text: &str,
     coordinator_override: Option<String>,
     now: UnixTime,
@@ -211,7 +226,7 @@ pub async fn enroll(
         Some(addr) => vec![addr],
         None => token.coordinator_addrs.clone(),
     };
-    let conn = connect_coordinator(endpoint, token.coordinator_key, &addrs).await?;
+    let conn = connect_coordinator(endpoint, streams, token.coordinator_key, &addrs).await?;
     let reply = request(&conn, &ControlMessage::Enroll(Enroll { token: bytes })).await?;
     conn.quic().close(0u32.into(), b"enrolled");
     let enrolled_as = match reply {
@@ -260,6 +275,7 @@ pub async fn connect_from_home(home: &Path) -> Result<ClientLink, Error> {
     let endpoint = client_endpoint(home)?;
     let conn = connect_coordinator(
         &endpoint,
+        &crate::path::dial::TcpConnector,
         enrollment.coordinator_key,
         &enrollment.coordinator_addrs,
     )
@@ -296,6 +312,7 @@ pub fn session_net(
             relay,
             seed: None,
             jitter: crate::agent::presence::Jitter::from_entropy(),
+            streams: crate::path::dial::tcp(),
         },
     )
 }

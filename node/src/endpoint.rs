@@ -241,6 +241,11 @@ impl Endpoint {
         })
     }
 
+    /// This endpoint's secret key (for a second transport of the same node).
+    pub(crate) fn secret_key(&self) -> &SecretKey {
+        &self.key
+    }
+
     /// This endpoint's identity.
     pub fn node_id(&self) -> NodeId {
         self.key.node_id()

@@ -217,6 +217,7 @@ async fn a_batch_whose_ack_is_lost_is_sent_again_and_stored_once() {
     let connect = || {
         connect_coordinator(
             &endpoint,
+            &mesh_node::path::dial::TcpConnector,
             enrollment.coordinator_key,
             &enrollment.coordinator_addrs,
         )

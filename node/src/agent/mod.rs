@@ -40,7 +40,7 @@ use crate::session::limits::SessionCounter;
 use crate::temp_accounts::TempAccounts;
 use crate::udp::{UdpBinder, UdpSocket};
 use config::AgentConfig;
-use presence::{HostState, Jitter, run_presence};
+use presence::{CoordinatorRoute, HostState, Jitter, run_presence};
 use revocations::Revocations;
 
 /// The secret key file in a home directory (one identity per home).
@@ -104,6 +104,7 @@ pub async fn run(
             relay,
             seed: None,
             jitter: Jitter::from_entropy(),
+            streams: crate::path::dial::tcp(),
         },
     )?;
     let endpoint = net.endpoint;
@@ -138,6 +139,7 @@ pub async fn run(
         temp_accounts,
         backend: ProcessBackend::new(program),
         jitter: Jitter::from_entropy(),
+        streams: crate::path::dial::tcp(),
     };
     serve(parts, shutdown).await
 }
@@ -173,6 +175,9 @@ pub struct AgentParts<B> {
     pub backend: B,
     /// Randomness for the presence stream's reconnect jitter.
     pub jitter: Jitter,
+    /// How the presence stream reaches the coordinator when UDP does not (TCP, or the
+    /// simulator's streams).
+    pub streams: Arc<dyn crate::path::dial::StreamConnector>,
 }
 
 /// Serves sessions with `parts` until `shutdown` completes.
@@ -194,6 +199,7 @@ pub async fn serve<B: SessionBackend>(
         temp_accounts,
         backend,
         jitter,
+        streams,
     } = parts;
     let policy = HostPolicy {
         logins,
@@ -223,9 +229,12 @@ pub async fn serve<B: SessionBackend>(
     // Enrolled hosts keep a presence stream to the coordinator, from the session endpoint.
     let presence = enrollment.map(|enrollment| {
         tokio::spawn(run_presence(
-            endpoint.clone(),
-            enrollment,
-            local,
+            CoordinatorRoute {
+                endpoint: endpoint.clone(),
+                streams,
+                enrollment,
+                listen: local,
+            },
             state.clone(),
             revocations.clone(),
             audit.clone(),

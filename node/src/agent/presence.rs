@@ -19,6 +19,7 @@ use crate::control::{Enrollment, connect_coordinator};
 use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::framed::{FrameReader, write_frame};
+use crate::path::dial::StreamConnector;
 
 /// First wait before reconnecting; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -105,11 +106,22 @@ impl Clock for HostState {
     }
 }
 
+/// How a host reaches its coordinator.
+#[derive(Debug)]
+pub struct CoordinatorRoute {
+    /// The agent's endpoint (UDP, through its path socket).
+    pub endpoint: Endpoint,
+    /// Streams for when UDP does not answer (TCP, or the simulator's).
+    pub streams: Arc<dyn StreamConnector>,
+    /// The enrollment: the coordinator's key and addresses.
+    pub enrollment: Enrollment,
+    /// Where the agent listens (told to the coordinator).
+    pub listen: SocketAddr,
+}
+
 /// Keeps the presence stream up until the task is dropped.
 pub async fn run_presence(
-    endpoint: Endpoint,
-    enrollment: Enrollment,
-    listen: SocketAddr,
+    route: CoordinatorRoute,
     state: Arc<HostState>,
     revocations: Arc<Revocations>,
     audit: Arc<AuditLog>,
@@ -117,7 +129,16 @@ pub async fn run_presence(
 ) {
     let mut backoff = FIRST_BACKOFF;
     loop {
-        match connect_once(&endpoint, &enrollment, listen, &state, &revocations, &audit).await {
+        let once = connect_once(
+            &route.endpoint,
+            &*route.streams,
+            &route.enrollment,
+            route.listen,
+            &state,
+            &revocations,
+            &audit,
+        );
+        match once.await {
             // It was up: start the backoff over.
             Ok(()) => backoff = FIRST_BACKOFF,
             Err(e) => tracing::info!("coordinator unreachable: {e}"),
@@ -132,6 +153,7 @@ pub async fn run_presence(
 
 async fn connect_once(
     endpoint: &Endpoint,
+    streams: &dyn StreamConnector,
     enrollment: &Enrollment,
     listen: SocketAddr,
     state: &HostState,
@@ -140,6 +162,7 @@ async fn connect_once(
 ) -> Result<(), Error> {
     let conn = connect_coordinator(
         endpoint,
+        streams,
         enrollment.coordinator_key,
         &enrollment.coordinator_addrs,
     )

@@ -2,6 +2,8 @@
 //! issues: under the QUIC endpoint, one socket that sends each peer's packets on the best live
 //! path — a confirmed direct address or the relay — and keeps probing the others.
 //!
+//! - [`dial`]: reaching a coordinator or relay over UDP, or over TLS-over-TCP when UDP does
+//!   not answer.
 //! - [`mapped`]: the stable made-up address quinn sees for each peer.
 //! - [`net`]: a node's path socket, endpoint and relay connection, started together.
 //! - [`relay_client`]: a connection to a relay, peers' packets as QUIC datagrams.
@@ -15,6 +17,7 @@
 //! Probes themselves (signed pings and pongs, replay protection) are
 //! [`mesh_proto::probe`].
 
+pub mod dial;
 pub mod mapped;
 pub mod net;
 pub mod relay_client;

@@ -6,9 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesh_proto::messages::RELAY_ALPN;
 use mesh_proto::socket::{DatagramSocket, SocketBinder};
 use mesh_proto::{Clock, NodeId, SecretKey};
 
+use super::dial::{StreamConnector, connect_quic};
 use super::relay_client::{RELAY_INITIAL_MTU, RelayClient};
 use super::socket::PathSocket;
 use crate::agent::presence::Jitter;
@@ -21,8 +23,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A relay connection that lasted this long was working: when it closes, reconnect at once.
 const STABLE_RELAY: Duration = Duration::from_secs(5);
-/// How long one attempt to reach the relay may take.
-const RELAY_ATTEMPT: Duration = Duration::from_secs(5);
+/// How long one attempt to reach the relay may take: UDP's head start and a TCP connection
+/// with its TLS and QUIC handshakes fit in it.
+const RELAY_ATTEMPT: Duration = Duration::from_secs(8);
 
 /// Where a relay is: its key and the addresses to try (`host:port` or `ip:port`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +57,8 @@ pub struct NetOptions {
     pub seed: Option<[u8; 32]>,
     /// Reconnect jitter.
     pub jitter: Jitter,
+    /// How the relay is reached when UDP does not answer (TCP, or the simulator's streams).
+    pub streams: Arc<dyn StreamConnector>,
 }
 
 impl NodeNet {
@@ -91,6 +96,7 @@ impl NodeNet {
                 Arc::downgrade(&socket),
                 key,
                 binder,
+                options.streams,
                 relay,
                 options.seed,
                 options.jitter,
@@ -105,6 +111,7 @@ async fn keep_relay(
     socket: std::sync::Weak<PathSocket>,
     key: SecretKey,
     binder: Arc<dyn SocketBinder + Send + Sync>,
+    streams: Arc<dyn StreamConnector>,
     relay: RelayContact,
     seed: Option<[u8; 32]>,
     jitter: Jitter,
@@ -119,6 +126,7 @@ async fn keep_relay(
         match connect_relay(
             &key,
             &binder,
+            &*streams,
             &relay,
             seed.map(|mut s| {
                 // Each attempt's endpoint gets its own randomness, reproducibly.
@@ -160,6 +168,7 @@ async fn keep_relay(
 async fn connect_relay(
     key: &SecretKey,
     binder: &Arc<dyn SocketBinder + Send + Sync>,
+    streams: &dyn StreamConnector,
     relay: &RelayContact,
     seed: Option<[u8; 32]>,
 ) -> Result<RelayClient, Error> {
@@ -169,16 +178,12 @@ async fn connect_relay(
         path: std::path::PathBuf::new(),
         source,
     })?;
-    let endpoint = Endpoint::with_options(
-        key.clone(),
-        socket,
-        &[],
-        EndpointOptions {
-            seed,
-            initial_mtu: RELAY_INITIAL_MTU,
-            ..EndpointOptions::default()
-        },
-    )?;
+    let options = EndpointOptions {
+        seed,
+        initial_mtu: RELAY_INITIAL_MTU,
+        ..EndpointOptions::default()
+    };
+    let endpoint = Endpoint::with_options(key.clone(), socket, &[], options)?;
     let mut last = Error::Refused("the relay has no address".into());
     for addr in &relay.addrs {
         let resolved: Vec<SocketAddr> = match tokio::net::lookup_host(addr.as_str()).await {
@@ -189,12 +194,20 @@ async fn connect_relay(
             }
         };
         for socket_addr in resolved {
-            match tokio::time::timeout(
-                RELAY_ATTEMPT,
-                RelayClient::connect(&endpoint, socket_addr, relay.key),
-            )
-            .await
-            {
+            let connecting = async {
+                let conn = connect_quic(
+                    &endpoint,
+                    streams,
+                    key,
+                    socket_addr,
+                    relay.key,
+                    RELAY_ALPN,
+                    options,
+                )
+                .await?;
+                Ok::<_, Error>(RelayClient::from_connection(conn))
+            };
+            match tokio::time::timeout(RELAY_ATTEMPT, connecting).await {
                 Ok(Ok(client)) => return Ok(client),
                 Ok(Err(e)) => last = e,
                 Err(_) => last = Error::Refused(format!("no answer from the relay at {addr}")),

@@ -50,6 +50,12 @@ impl RelayClient {
         Ok(Self { conn })
     }
 
+    /// A relay client on a connection already made to a relay under [`RELAY_ALPN`] (over
+    /// UDP or a stream: see [`crate::path::dial`]).
+    pub fn from_connection(conn: Connection) -> Self {
+        Self { conn }
+    }
+
     /// Sends `packet` from this process (`from_instance`) to `to`'s process `to_instance` (or
     /// its latest) through the relay. A packet that does not fit a datagram now is
     /// an error, like a UDP send of an oversized packet; a full queue drops it silently.

@@ -120,9 +120,8 @@ pub async fn connect_tcp(
     })?
 }
 
-/// Accepts TCP connections on `listener` until `shutdown` completes, runs the server's TLS
-/// handshake on each as `key` and adds each authenticated stream to `socket`. Handshakes in
-/// progress are abandoned at shutdown; streams already added stay with `socket`.
+/// Accepts TCP connections on `listener` until `shutdown` completes: [`serve_streams`] over
+/// real TCP.
 ///
 /// Fails only if no TLS configuration can be made from `key`, before accepting anything.
 pub async fn serve_tcp(
@@ -131,19 +130,32 @@ pub async fn serve_tcp(
     socket: Arc<StreamServerSocket>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    serve_streams(super::dial::TcpAcceptor(listener), key, socket, shutdown).await
+}
+
+/// Accepts streams from `acceptor` until `shutdown` completes, runs the server's TLS
+/// handshake on each as `key` and adds each authenticated stream to `socket`. Handshakes in
+/// progress are abandoned at shutdown; streams already added stay with `socket`.
+///
+/// Fails only if no TLS configuration can be made from `key`, before accepting anything.
+pub async fn serve_streams(
+    acceptor: impl super::dial::StreamAcceptor,
+    key: SecretKey,
+    socket: Arc<StreamServerSocket>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let config = server_config(&key)?;
     let mut handshakes = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        let (tcp, peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             biased;
             () = &mut shutdown => return Ok(()),
-            // Reaping finished handshakes first keeps the count below an honest one.
             Some(_) = handshakes.join_next(), if !handshakes.is_empty() => continue,
-            accepted = listener.accept() => match accepted {
+            accepted = acceptor.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    tracing::debug!("accepting a TCP connection failed: {e}");
+                    tracing::debug!("accepting a stream failed: {e}");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
@@ -153,22 +165,17 @@ pub async fn serve_tcp(
             tracing::debug!(%peer, "{MAX_HANDSHAKES} TLS handshakes under way; connection closed");
             continue;
         }
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(%peer, "TCP_NODELAY failed: {e}");
-        }
-        handshakes.spawn(handshake(tcp, peer, config.clone(), socket.clone()));
+        handshakes.spawn(handshake(stream, peer, config.clone(), socket.clone()));
     }
 }
 
-/// One incoming connection's handshake, under [`HANDSHAKE_TIMEOUT`]; the stream goes to
-/// `socket` if it succeeds.
 async fn handshake(
-    tcp: TcpStream,
+    stream: ByteStream,
     peer: SocketAddr,
     config: Arc<rustls::ServerConfig>,
     socket: Arc<StreamServerSocket>,
 ) {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls_server(Box::new(tcp), config)).await {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls_server(stream, config)).await {
         Ok(Ok((stream, client))) => {
             let client = client.short();
             match socket.add(stream, peer) {
