@@ -138,13 +138,23 @@ async fn keep_relay(
         {
             Ok(client) => {
                 let Some(live) = socket.upgrade() else {
+                    client.close();
                     return;
                 };
                 live.set_relay(client.clone());
+                let mut lifetime = live.lifetime();
                 drop(live);
                 backoff = FIRST_BACKOFF;
                 let up_since = tokio::time::Instant::now();
-                client.closed().await;
+                tokio::select! {
+                    () = client.closed() => {}
+                    // The process is done with the socket (a finished `mesh exec`, a simulated
+                    // client): the relay connection goes with it.
+                    () = until_closed(&mut lifetime) => {
+                        client.close();
+                        return;
+                    }
+                }
                 if let Some(live) = socket.upgrade() {
                     live.clear_relay();
                 }
@@ -163,6 +173,11 @@ async fn keep_relay(
         tokio::time::sleep(backoff + extra).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Completes when the watched socket is dropped.
+async fn until_closed(lifetime: &mut tokio::sync::watch::Receiver<bool>) {
+    while lifetime.changed().await.is_ok() {}
 }
 
 async fn connect_relay(

@@ -355,6 +355,11 @@ impl PathSocket {
         self.relay_up.send_replace(false);
     }
 
+    /// A receiver whose `changed()` fails once this socket is dropped.
+    pub fn lifetime(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.relay_up.subscribe()
+    }
+
     /// Waits at most `limit` for a relay connection; returns whether one is up.
     pub async fn wait_for_relay(&self, limit: Duration) -> bool {
         let mut up = self.relay_up.subscribe();
