@@ -6,6 +6,10 @@
 //!   path exists, yet `mesh exec` works, through the relay, and `mesh path` says so.
 //! - The positive control: a host behind a full-cone NAT, a public client: `mesh path` says
 //!   direct, at the NAT's external address and the agent's port.
+//! - A client whose router drops all UDP (`block_udp`): `mesh login`, `mesh hosts` and
+//!   `mesh exec` work over TLS-over-TCP to the coordinator and its relay. The router's drop
+//!   counter grows at each step (each dial tried UDP first) and, during a session, the laptop
+//!   and the hub each show the TCP connection.
 //!
 //! These tests need root, iproute2 and nftables, and skip (saying why) without them, except
 //! under `CI`, where a skip fails. Their `namespace_` names put them in nextest's serial
@@ -71,6 +75,30 @@ behind = "cone"
 name = "pub"
 "#;
 
+/// The TCP case: a host behind a port-restricted NAT, the admin's device behind one that drops
+/// all UDP it would forward (TCP passes).
+const UDP_BLOCKED_TOPOLOGY: &str = r#"
+[[nat]]
+name = "site"
+kind = "port-restricted"
+
+[[nat]]
+name = "firewall"
+kind = "port-restricted"
+block_udp = true
+
+[[host]]
+name = "hub"
+
+[[host]]
+name = "edge"
+behind = "site"
+
+[[host]]
+name = "laptop"
+behind = "firewall"
+"#;
+
 /// Skips (or fails under CI) when the lab cannot run here.
 fn lab_unsupported() -> bool {
     if let Some(why) = lab::unsupported() {
@@ -95,6 +123,14 @@ impl LabMesh {
     /// Builds `topology`, runs `mesh coordinator init` and `serve` on `hub`, and
     /// `mesh login` of the first admin on `admin_host`.
     fn start(topology: &str, admin_host: &'static str) -> Self {
+        let (mesh, token) = Self::serve(topology, admin_host);
+        mesh.run(admin_host, "admin", &["login", "-"], Some(&token));
+        mesh
+    }
+
+    /// Builds `topology` and runs `mesh coordinator init` and `serve` on `hub`; returns the
+    /// first admin's token, for `mesh login -` on `admin_host`.
+    fn serve(topology: &str, admin_host: &'static str) -> (Self, String) {
         let network = Topology::from_toml(topology).unwrap().resolve().unwrap();
         let lab = Lab::build(&network).unwrap();
         let homes = tempfile::Builder::new()
@@ -118,8 +154,7 @@ impl LabMesh {
         let serve = mesh.command("hub", "hub", &["coordinator", "serve"]);
         mesh.daemons
             .push(("coordinator".into(), Daemon::spawn(serve, "listening on")));
-        mesh.run(admin_host, "admin", &["login", "-"], Some(&token));
-        mesh
+        (mesh, token)
     }
 
     /// Where the coordinator (and its relay) is reached.
@@ -176,9 +211,14 @@ impl LabMesh {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // Written (then closed) on its own thread, so a child that does not read cannot
+        // block the test past its deadline.
         if let Some(input) = input {
             let mut stdin = child.stdin.take().unwrap();
-            stdin.write_all(input.as_bytes()).unwrap();
+            let input = input.to_owned();
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(input.as_bytes());
+            });
         }
         let drain = |mut pipe: Box<dyn Read + Send>| {
             std::thread::spawn(move || {
@@ -400,4 +440,261 @@ fn namespace_a_host_behind_a_full_cone_nat_is_reached_directly_and_path_says_dir
     assert_eq!(edge2["remote_addr"], mapped.as_str(), "{hosts}");
 
     eprintln!("whole test {:?}", started.elapsed());
+}
+
+/// How many packets NAT `nat`'s `block_udp` rule has dropped (its nftables counter).
+fn udp_drops(lab: &Lab, nat: &str) -> u64 {
+    let out = lab
+        .nat_command(nat, "nft")
+        .unwrap()
+        .args(["list", "chain", "ip", "meshlab", "forward"])
+        .output()
+        .unwrap();
+    let rules = text(&out.stdout);
+    assert!(out.status.success(), "nft: {}", text(&out.stderr));
+    // `meta l4proto udp counter packets N bytes M drop`
+    let line = rules
+        .lines()
+        .find(|l| l.contains("meta l4proto udp counter packets") && l.ends_with("drop"))
+        .unwrap_or_else(|| panic!("no UDP drop rule with a counter in {nat}:\n{rules}"));
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "packets").unwrap();
+    words.next().unwrap().parse().unwrap()
+}
+
+/// Appends the firewall's drop count now to `drops` and requires it to have grown since the
+/// last: the step before tried UDP (first, as every dial does), and none of it got through.
+fn more_drops(lab: &Lab, drops: &mut Vec<(&'static str, u64)>, label: &'static str) {
+    let now = udp_drops(lab, "firewall");
+    let before = drops.last().unwrap().1;
+    drops.push((label, now));
+    assert!(
+        now > before,
+        "the firewall dropped no UDP {label} (the step succeeded all the same): {drops:?}"
+    );
+}
+
+/// The established TCP connections in host `host`'s namespace, as (local, peer) addresses.
+fn established_tcp(lab: &Lab, host: &str) -> Vec<(String, String)> {
+    let out = lab
+        .host_command(host, "ss")
+        .unwrap()
+        .args(["-tnH", "state", "established"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ss: {}", text(&out.stderr));
+    // Recv-Q Send-Q Local Peer (no State column with a state filter).
+    text(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            (words.len() >= 4).then(|| (words[2].to_owned(), words[3].to_owned()))
+        })
+        .collect()
+}
+
+/// `mesh exec`'s output on success: exit 0, `stdout` exactly, nothing on stderr.
+fn assert_exec(mesh: &LabMesh, what: &str, out: &Output, stdout: &[u8]) {
+    assert!(
+        out.status.code() == Some(0) && out.stdout == stdout && out.stderr.is_empty(),
+        "{what}: exit {:?}, {} bytes of stdout (want {}){}\nstderr:\n{}\n{}",
+        out.status.code(),
+        out.stdout.len(),
+        stdout.len(),
+        if out.stdout.len() < 200 {
+            format!(": {:?}", text(&out.stdout))
+        } else {
+            String::new()
+        },
+        text(&out.stderr),
+        mesh.daemon_logs()
+    );
+}
+
+#[test]
+fn namespace_a_client_whose_router_drops_all_udp_enrolls_lists_hosts_and_execs_over_tcp() {
+    if lab_unsupported() {
+        return;
+    }
+    let started = Instant::now();
+    let (mut mesh, token) = LabMesh::serve(UDP_BLOCKED_TOPOLOGY, "laptop");
+    let coordinator = mesh.coordinator_addr();
+    let firewall = mesh.lab.nat_external_ip("firewall").unwrap().to_string();
+    let site = mesh.lab.nat_external_ip("site").unwrap().to_string();
+    let mut drops = vec![("before login", udp_drops(&mesh.lab, "firewall"))];
+
+    // Enrollment itself: QUIC over UDP is dropped at the firewall, so it must go over TCP.
+    let login = mesh.run("laptop", "admin", &["login", "-"], Some(&token));
+    eprintln!(
+        "mesh login - on the laptop: stdout {:?}, stderr {:?}",
+        text(&login.stdout),
+        text(&login.stderr)
+    );
+    more_drops(&mesh.lab, &mut drops, "after login");
+
+    // The invitation is made on the laptop (over TCP); the host enrolls and runs over UDP.
+    mesh.add_host("edge");
+    more_drops(&mesh.lab, &mut drops, "after invite host");
+
+    let hosts_out = mesh.run("laptop", "admin", &["hosts", "--json"], None);
+    assert!(
+        hosts_out.stderr.is_empty(),
+        "mesh hosts --json stderr:\n{}",
+        text(&hosts_out.stderr)
+    );
+    let hosts: serde_json::Value = serde_json::from_slice(&hosts_out.stdout).unwrap();
+    eprintln!("mesh hosts --json: {hosts}");
+    let edge = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "edge")
+        .unwrap_or_else(|| panic!("edge not listed: {hosts}"));
+    assert_eq!(edge["online"], true, "{hosts}\n{}", mesh.daemon_logs());
+    assert_eq!(edge["path"], "relay", "{hosts}\n{}", mesh.daemon_logs());
+    more_drops(&mesh.lab, &mut drops, "after hosts");
+
+    let out = mesh.admin(&["exec", "edge", "--login", "root", "--", "echo", "hello"]);
+    assert_exec(&mesh, "mesh exec edge -- echo hello", &out, b"hello\n");
+    more_drops(&mesh.lab, &mut drops, "after exec");
+
+    // More data each way: 405 kB of base64 down, 289 kB of numbers up and back.
+    let out = mesh.admin(&[
+        "exec",
+        "edge",
+        "--login",
+        "root",
+        "--",
+        // As with ssh, the words are joined for the remote shell's `-c`.
+        "head -c 300000 /dev/zero | base64",
+    ]);
+    let mut base64 = String::new();
+    let encoded = "A".repeat(400_000);
+    for line in encoded.as_bytes().chunks(76) {
+        base64.push_str(std::str::from_utf8(line).unwrap());
+        base64.push('\n');
+    }
+    assert_exec(&mesh, "mesh exec edge -- base64", &out, base64.as_bytes());
+    let numbers: String = (1..=50_000).map(|n| format!("{n}\n")).collect();
+    let out = mesh.try_run(
+        "laptop",
+        "admin",
+        &["exec", "edge", "--login", "root", "--", "cat"],
+        Some(&numbers),
+    );
+    assert_exec(
+        &mesh,
+        "mesh exec edge -- cat < seq 50000",
+        &out,
+        numbers.as_bytes(),
+    );
+
+    // While a session is open: the laptop holds a TCP connection to the coordinator's port,
+    // and the hub sees it from the firewall's address.
+    let mut child = mesh
+        .command(
+            "laptop",
+            "admin",
+            &["exec", "edge", "--login", "root", "--", "cat"],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"ping\n").unwrap();
+    let (echoed_tx, echoed) = std::sync::mpsc::channel();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            all.extend_from_slice(&buf[..n]);
+            if all == b"ping\n" {
+                let _ = echoed_tx.send(());
+            }
+        }
+        all
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = stderr.read_to_end(&mut all);
+        all
+    });
+    if echoed.recv_timeout(COMMAND_LIMIT).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "mesh exec edge -- cat: no echo within {COMMAND_LIMIT:?}\nstdout: {:?}\nstderr:\n{}\n{}",
+            text(&reader.join().unwrap()),
+            text(&stderr.join().unwrap()),
+            mesh.daemon_logs()
+        );
+    }
+    let laptop_tcp = established_tcp(&mesh.lab, "laptop");
+    let hub_tcp = established_tcp(&mesh.lab, "hub");
+    eprintln!("laptop's established TCP: {laptop_tcp:?}\nhub's established TCP: {hub_tcp:?}");
+    drop(stdin);
+    let deadline = Instant::now() + COMMAND_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mesh exec edge -- cat did not end after its stdin closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = Output {
+        status,
+        stdout: reader.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
+    assert_exec(&mesh, "mesh exec edge -- cat (held open)", &out, b"ping\n");
+    assert!(
+        laptop_tcp.iter().any(|(_, peer)| *peer == coordinator),
+        "no TCP connection from the laptop to {coordinator} during the session: {laptop_tcp:?}"
+    );
+    let coordinator_port = format!(":{COORDINATOR_PORT}");
+    assert!(
+        hub_tcp
+            .iter()
+            .any(|(local, peer)| local.ends_with(&coordinator_port)
+                && peer.starts_with(&format!("{firewall}:"))),
+        "no TCP connection from the firewall ({firewall}) to the coordinator: {hub_tcp:?}"
+    );
+    let from_site = hub_tcp
+        .iter()
+        .filter(|(_, peer)| peer.starts_with(&format!("{site}:")))
+        .count();
+    eprintln!("TCP connections at the hub from the site NAT (UDP works there): {from_site}");
+
+    let report = mesh.admin_json(&["path", "edge", "--json"]);
+    eprintln!("mesh path edge --json: {report:#}");
+    let context = || format!("{report:#}\n{}", mesh.daemon_logs());
+    assert_eq!(report["host"], "edge", "{}", context());
+    assert_eq!(report["path"], "relay", "{}", context());
+    assert_eq!(report["remote_addr"], coordinator.as_str(), "{}", context());
+    assert_eq!(
+        report["relay"]["addr"],
+        coordinator.as_str(),
+        "{}",
+        context()
+    );
+    assert!(
+        report["bytes_sent"]["relay"].as_u64().unwrap() > 0,
+        "{}",
+        context()
+    );
+    drops.push(("at the end", udp_drops(&mesh.lab, "firewall")));
+
+    eprintln!(
+        "UDP packets dropped by the firewall: {drops:?}\ndaemons:\n{}\nwhole test {:?}",
+        mesh.daemon_logs(),
+        started.elapsed()
+    );
 }

@@ -12,7 +12,7 @@
 //! | endpoint-independent filtering ("full cone") | a dynamic map `@inbound` (external port → inside address . port), filled from every packet of a NAT'ed flow, and a `dnat ip to udp dport map @inbound` for new inbound flows |
 //! | address-dependent filtering ("address-restricted") | the same map, with the `dnat` only when `external port . remote address` is in a dynamic set `@allowed` filled from outbound packets |
 //! | mapping timeout | the namespace's own `nf_conntrack_udp_timeout` and `_stream` (per network namespace), and the same timeout on `@inbound` and `@allowed` |
-//! | `block_udp` | `meta l4proto udp drop` in the forward hook |
+//! | `block_udp` | `meta l4proto udp counter drop` in the forward hook (the counter shows what it dropped) |
 //! | link loss | `numgen random mod 10000 < N drop`, each direction |
 //!
 //! Every NAT also drops UDP addressed to itself (the input hook). Beyond what a real NAT does,
@@ -183,7 +183,7 @@ pub(crate) fn nat_ruleset(nat: &Nat) -> Result<String, Unsupported> {
         "  chain forward {{ type filter hook forward priority filter; policy accept;"
     );
     if nat.block_udp {
-        let _ = writeln!(text, "    meta l4proto udp drop");
+        let _ = writeln!(text, "    meta l4proto udp counter drop");
     }
     if let Some(n) = loss_threshold(nat.uplink.loss) {
         let _ = writeln!(
@@ -281,9 +281,9 @@ mod tests {
         blocked.uplink.loss = 0.015;
         blocked.behavior.mapping_timeout = Duration::from_millis(300);
         let text = nat_ruleset(&blocked).unwrap();
-        assert!(
-            text.contains("forward priority filter; policy accept;\n    meta l4proto udp drop")
-        );
+        assert!(text.contains(
+            "forward priority filter; policy accept;\n    meta l4proto udp counter drop"
+        ));
         assert!(text.contains("numgen random mod 10000 < 150 drop"));
         assert_eq!(timeout_secs(blocked.behavior.mapping_timeout), 1);
         assert_eq!(host_ruleset(0.0), None);
