@@ -1,5 +1,5 @@
-//! What the coordinator knows: users and their devices, hosts and their settings, roles, and
-//! pending invites. Plain data; the [`store`](crate::store) keeps it and the
+//! What the coordinator knows: users and their devices, hosts and their settings, standalone
+//! relays, roles, and pending invites. Plain data; the [`store`](crate::store) keeps it and the
 //! [`policy`](crate::policy) judges requests against it.
 
 use std::collections::BTreeMap;
@@ -10,12 +10,12 @@ use std::time::Duration;
 use mesh_proto::{NodeId, UnixTime, UserId};
 use serde::{Deserialize, Serialize};
 
-/// Longest user, host or role name.
+/// Longest user, host, relay or role name.
 pub const MAX_NAME_LEN: usize = 64;
 /// Most labels a host may carry.
 pub const MAX_LABELS: usize = 32;
 
-/// Checks a user, host or role name: 1–64 of `a-z 0-9 . _ -`, starting with a letter or digit.
+/// Checks a user, host, relay or role name: 1–64 of `a-z 0-9 . _ -`, starting with a letter or digit.
 /// Names appear in grants, logs and shell prompts, so they stay plain.
 pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     let ok_start = name
@@ -101,6 +101,24 @@ pub struct Host {
     pub labels: BTreeMap<String, String>,
     /// Settings.
     pub settings: HostSettings,
+    /// When it enrolled.
+    pub enrolled_at: UnixTime,
+    /// When the coordinator last heard from it.
+    pub last_seen: Option<UnixTime>,
+    /// Where it said it listens, and where the coordinator saw it from (its last control
+    /// connection): the addresses a client tries.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// An enrolled standalone relay (`mesh relay`): it holds its own key like a host, and clients
+/// pin it through the coordinator. A relay embedded in the coordinator is not one of these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relay {
+    /// Unique among relays (bound by the invite); the same rules as host names
+    /// ([`check_name`]).
+    pub name: String,
+    /// The relay's key.
+    pub key: NodeId,
     /// When it enrolled.
     pub enrolled_at: UnixTime,
     /// When the coordinator last heard from it.
@@ -309,6 +327,11 @@ pub enum InviteFor {
         name: String,
         /// The role a new user gets.
         role: String,
+    },
+    /// A standalone relay, with the name the admin chose.
+    Relay {
+        /// The relay's name.
+        name: String,
     },
 }
 

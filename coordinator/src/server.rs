@@ -338,7 +338,7 @@ impl<S: Store> Coordinator<S> {
                 authorize(&user, &role, &Request::IssueCredentials).map_err(|d| d.0)?;
                 let invites = self.store.invites().await.map_err(store_error)?;
                 Ok(ControlMessage::InviteList(InviteList {
-                    invites: invites.into_iter().map(invite_entry).collect(),
+                    invites: invites.into_iter().filter_map(invite_entry).collect(),
                 }))
             }
             ControlMessage::InviteRevoke(InviteRevoke { id }) => {
@@ -990,8 +990,10 @@ fn role_from_spec(spec: RoleSpec) -> Result<Role, String> {
     })
 }
 
-fn invite_entry(invite: Invite) -> InviteEntry {
-    InviteEntry {
+/// An invite as listed; `None` for a relay invite, which the protocol cannot describe yet
+/// (relays enroll with `mesh relay join`).
+fn invite_entry(invite: Invite) -> Option<InviteEntry> {
+    Some(InviteEntry {
         id: invite.id,
         target: match invite.what {
             InviteFor::Host { name, labels } => InviteTarget::Host {
@@ -999,10 +1001,11 @@ fn invite_entry(invite: Invite) -> InviteEntry {
                 labels: labels_out(&labels),
             },
             InviteFor::User { name, role } => InviteTarget::User { name, role },
+            InviteFor::Relay { .. } => return None,
         },
         created_by: invite.created_by,
         expires_at: invite.expires_at,
-    }
+    })
 }
 
 #[cfg(test)]

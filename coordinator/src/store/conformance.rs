@@ -8,7 +8,7 @@ use mesh_proto::{SecretKey, UnixTime};
 use super::memory::MemoryStore;
 use super::sqlite::SqliteStore;
 use super::{AuditFilter, Store, StoreError};
-use crate::model::{HostSettings, Invite, InviteFor, Role};
+use crate::model::{Host, HostSettings, Invite, InviteFor, Relay, Role};
 
 const NOW: UnixTime = UnixTime::from_secs(1_800_000_000);
 
@@ -47,6 +47,181 @@ fn user_invite(id: &str, secret: u8, name: &str, role: &str) -> Invite {
             role: role.into(),
         },
     )
+}
+
+fn relay_invite(id: &str, secret: u8, name: &str) -> Invite {
+    invite(id, secret, InviteFor::Relay { name: name.into() })
+}
+
+/// Pending invites' ids, sorted: invites made in the same instant list in no set order.
+fn pending(invites: Vec<Invite>) -> Vec<String> {
+    let mut ids: Vec<String> = invites.into_iter().map(|i| i.id).collect();
+    ids.sort();
+    ids
+}
+
+async fn relay_enrollment_is_one_time_and_names_are_unique(store: &impl Store) {
+    store
+        .add_invite(&relay_invite("r1", 1, "relay-oslo"))
+        .await
+        .unwrap();
+    store
+        .add_invite(&relay_invite("r2", 2, "relay-oslo"))
+        .await
+        .unwrap();
+    let relay = store.enroll_relay([1; 32], key(60), NOW).await.unwrap();
+    assert_eq!(
+        relay,
+        Relay {
+            name: "relay-oslo".into(),
+            key: key(60),
+            enrolled_at: NOW,
+            last_seen: None,
+            addrs: Vec::new(),
+        }
+    );
+    // Reused.
+    let err = store.enroll_relay([1; 32], key(61), NOW).await.unwrap_err();
+    assert!(matches!(err, StoreError::InviteUnknown), "{err}");
+    // Another key for a taken name: refused, and the invite is not spent.
+    let err = store.enroll_relay([2; 32], key(61), NOW).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("relay name relay-oslo is already held"),
+        "{err}"
+    );
+    // Stored whole, relay kind included.
+    assert_eq!(
+        store.invites().await.unwrap(),
+        [relay_invite("r2", 2, "relay-oslo")]
+    );
+    // Expired.
+    let mut old = relay_invite("r3", 3, "relay-tromso");
+    old.expires_at = NOW.saturating_sub(std::time::Duration::from_secs(1));
+    store.add_invite(&old).await.unwrap();
+    let err = store.enroll_relay([3; 32], key(62), NOW).await.unwrap_err();
+    assert!(matches!(err, StoreError::InviteExpired(_)), "{err}");
+    // Listed by name; found by key.
+    store
+        .add_invite(&relay_invite("r4", 4, "relay-bergen"))
+        .await
+        .unwrap();
+    store.enroll_relay([4; 32], key(62), NOW).await.unwrap();
+    let names = |relays: Vec<Relay>| relays.into_iter().map(|r| r.name).collect::<Vec<_>>();
+    assert_eq!(
+        names(store.relays().await.unwrap()),
+        ["relay-bergen", "relay-oslo"]
+    );
+    assert_eq!(store.relay_by_key(key(60)).await.unwrap(), Some(relay));
+    assert_eq!(store.relay_by_key(key(63)).await.unwrap(), None);
+    // Seen: the latest time and addresses replace the previous ones.
+    let later = NOW.saturating_add(std::time::Duration::from_secs(5));
+    let first: Vec<std::net::SocketAddr> = vec![
+        "192.0.2.9:7443".parse().unwrap(),
+        "198.51.100.4:50123".parse().unwrap(),
+    ];
+    store.relay_seen(key(60), NOW, &first).await.unwrap();
+    let seen = store.relay_by_key(key(60)).await.unwrap().unwrap();
+    assert_eq!((seen.last_seen, seen.addrs), (Some(NOW), first));
+    let second = ["192.0.2.10:7443".parse().unwrap()];
+    store.relay_seen(key(60), later, &second).await.unwrap();
+    let seen = store.relay_by_key(key(60)).await.unwrap().unwrap();
+    assert_eq!(
+        (seen.last_seen, seen.addrs.as_slice()),
+        (Some(later), &second[..])
+    );
+    assert_eq!(seen.enrolled_at, NOW);
+    // An unknown key changes nothing (as for hosts).
+    store.relay_seen(key(63), later, &second).await.unwrap();
+    assert_eq!(store.relay_by_key(key(63)).await.unwrap(), None);
+    let bergen = store.relay_by_key(key(62)).await.unwrap().unwrap();
+    assert_eq!((bergen.last_seen, bergen.addrs.len()), (None, 0));
+    // Removed: gone, once; its name and key are free again.
+    store.remove_relay("relay-bergen").await.unwrap();
+    let err = store.remove_relay("relay-bergen").await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert_eq!(names(store.relays().await.unwrap()), ["relay-oslo"]);
+    assert_eq!(store.relay_by_key(key(62)).await.unwrap(), None);
+    store
+        .add_invite(&relay_invite("r5", 5, "relay-bergen"))
+        .await
+        .unwrap();
+    store.enroll_relay([5; 32], key(62), NOW).await.unwrap();
+}
+
+async fn relay_invites_and_keys_do_not_cross_kinds(store: &impl Store) {
+    store
+        .add_invite(&host_invite("h1", 1, "edge-01"))
+        .await
+        .unwrap();
+    store
+        .add_invite(&user_invite("u1", 2, "alice", "operator"))
+        .await
+        .unwrap();
+    store
+        .add_invite(&relay_invite("r1", 3, "relay-oslo"))
+        .await
+        .unwrap();
+    let all_pending = ["h1", "r1", "u1"];
+    // Each token refused by the other commands, naming its own; none spent, nothing made.
+    let err = store.enroll_relay([1; 32], key(70), NOW).await.unwrap_err();
+    assert!(err.to_string().contains("`mesh node join`"), "{err}");
+    let err = store.enroll_relay([2; 32], key(70), NOW).await.unwrap_err();
+    assert!(err.to_string().contains("`mesh login`"), "{err}");
+    let err = store.enroll_host([3; 32], key(70), NOW).await.unwrap_err();
+    assert!(err.to_string().contains("`mesh relay join`"), "{err}");
+    let err = store
+        .enroll_device([3; 32], key(70), NOW)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("`mesh relay join`"), "{err}");
+    assert_eq!(pending(store.invites().await.unwrap()), all_pending);
+    assert!(store.relays().await.unwrap().is_empty());
+    assert!(store.hosts().await.unwrap().is_empty());
+    assert!(store.users().await.unwrap().is_empty());
+    // A host's or a device's key cannot become a relay; the invite stays.
+    store.enroll_host([1; 32], key(71), NOW).await.unwrap();
+    store.enroll_device([2; 32], key(72), NOW).await.unwrap();
+    for taken in [key(71), key(72)] {
+        let err = store.enroll_relay([3; 32], taken, NOW).await.unwrap_err();
+        assert!(err.to_string().contains("already enrolled"), "{err}");
+    }
+    assert_eq!(pending(store.invites().await.unwrap()), ["r1"]);
+    // Nor can a relay's key become a host or a device.
+    store.enroll_relay([3; 32], key(73), NOW).await.unwrap();
+    store
+        .add_invite(&host_invite("h2", 4, "edge-02"))
+        .await
+        .unwrap();
+    store
+        .add_invite(&user_invite("u2", 5, "bob", "viewer"))
+        .await
+        .unwrap();
+    let err = store.enroll_host([4; 32], key(73), NOW).await.unwrap_err();
+    assert!(err.to_string().contains("already enrolled"), "{err}");
+    let err = store
+        .enroll_device([5; 32], key(73), NOW)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already enrolled"), "{err}");
+    assert_eq!(pending(store.invites().await.unwrap()), ["h2", "u2"]);
+    assert!(store.host("edge-02").await.unwrap().is_none());
+    assert!(store.user("bob").await.unwrap().is_none());
+    assert_eq!(store.host_by_key(key(73)).await.unwrap(), None);
+    assert_eq!(store.device(key(73)).await.unwrap(), None);
+    // A revoked device's key stays taken for relays too.
+    let revocation = mesh_proto::Revocation {
+        id: mesh_proto::RevocationId::from_bytes([9; 16]),
+        target: mesh_proto::RevocationTarget::Device(key(72)),
+        issued_at: NOW,
+    };
+    store.add_revocation(&revocation, b"signed").await.unwrap();
+    store
+        .add_invite(&relay_invite("r2", 6, "relay-bergen"))
+        .await
+        .unwrap();
+    let err = store.enroll_relay([6; 32], key(72), NOW).await.unwrap_err();
+    assert!(err.to_string().contains("already enrolled"), "{err}");
 }
 
 async fn enrollment_is_one_time_and_names_are_unique(store: &impl Store) {
@@ -234,6 +409,8 @@ async fn run_all<S: Store>(make: impl AsyncFn() -> S) {
     devices_join_users_and_keys_are_never_shared(&make().await).await;
     roles_users_and_settings(&make().await).await;
     audit_events_are_stored_once_and_filtered(&make().await).await;
+    relay_enrollment_is_one_time_and_names_are_unique(&make().await).await;
+    relay_invites_and_keys_do_not_cross_kinds(&make().await).await;
 }
 
 fn audit_event(id: u8, user: Option<&str>, at: u64) -> AuditEvent {
@@ -432,4 +609,162 @@ async fn the_sqlite_store_refuses_bad_files_with_one_line() {
     std::fs::write(&damaged, &bytes).unwrap();
     let err = SqliteStore::open(&damaged).await.unwrap_err();
     assert!(!err.to_string().contains('\n'), "one line: {err}");
+}
+
+#[tokio::test]
+async fn a_version_3_database_migrates_forward_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3");
+    let latest = {
+        let fresh = SqliteStore::create(&dir.path().join("fresh"))
+            .await
+            .unwrap();
+        fresh.schema_version().await.unwrap()
+    };
+    let later = NOW.saturating_add(std::time::Duration::from_secs(60));
+    let host = Host {
+        name: "edge-01".into(),
+        key: key(80),
+        labels: BTreeMap::from([("site".to_owned(), "oslo".to_owned())]),
+        settings: HostSettings {
+            remote_shell: false,
+            temp_users: true,
+        },
+        enrolled_at: NOW,
+        last_seen: Some(later),
+        addrs: vec!["192.0.2.7:7422".parse().unwrap()],
+    };
+    let mut later_invite = user_invite("u1", 1, "bob", "viewer");
+    later_invite.created_at = later;
+    let invites = [host_invite("h1", 2, "edge-02"), later_invite];
+    let revocation = mesh_proto::Revocation {
+        id: mesh_proto::RevocationId::from_bytes([7; 16]),
+        target: mesh_proto::RevocationTarget::Grant(mesh_proto::GrantId::from_bytes([3; 16])),
+        issued_at: NOW,
+    };
+    let alice = {
+        // What a mesh at schema version 3 wrote. Its enrollments went through code that now
+        // also looks at relays, so the host and device rows are written as it wrote them.
+        let old = SqliteStore::create_at_version(&path, 3).await.unwrap();
+        assert_eq!(old.schema_version().await.unwrap(), 3);
+        assert!(latest > 3);
+        old.set_meta("addr", "192.0.2.1:7400").await.unwrap();
+        let alice = old.add_user("alice", "operator", NOW).await.unwrap();
+        let ms = NOW.as_millis();
+        let seen = later.as_millis();
+        old.raw(format!(
+            "INSERT INTO devices (key, user_id, enrolled_at) VALUES ('{}', {}, {ms});
+             INSERT INTO hosts (name, key, labels, remote_shell, temp_users, enrolled_at, \
+                 last_seen, addrs) \
+             VALUES ('edge-01', '{}', '{{\"site\":\"oslo\"}}', 0, 1, {ms}, {seen}, \
+                 '[\"192.0.2.7:7422\"]');",
+            key(81),
+            alice.id.0,
+            key(80),
+        ))
+        .await
+        .unwrap();
+        for invite in &invites {
+            old.add_invite(invite).await.unwrap();
+        }
+        old.add_revocation(&revocation, b"signed").await.unwrap();
+        old.add_audit_events(
+            key(80),
+            "edge-01",
+            &[audit_event(1, Some("alice"), 100)],
+            NOW,
+        )
+        .await
+        .unwrap();
+        old.close().await;
+        alice
+    };
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), latest);
+    assert_eq!(
+        store.meta("addr").await.unwrap().as_deref(),
+        Some("192.0.2.1:7400")
+    );
+    assert_eq!(store.user("alice").await.unwrap(), Some(alice.clone()));
+    assert_eq!(
+        store.device(key(81)).await.unwrap().map(|d| d.user_id),
+        Some(alice.id)
+    );
+    assert_eq!(store.host("edge-01").await.unwrap(), Some(host.clone()));
+    assert_eq!(store.invites().await.unwrap(), invites);
+    assert_eq!(store.revocations().await.unwrap(), vec![b"signed".to_vec()]);
+    let audit = store
+        .audit_events(&AuditFilter {
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].event, audit_event(1, Some("alice"), 100));
+    // And the new table works alongside the old rows.
+    assert!(store.relays().await.unwrap().is_empty());
+    store
+        .add_invite(&relay_invite("r1", 9, "relay-oslo"))
+        .await
+        .unwrap();
+    for taken in [key(80), key(81)] {
+        let err = store.enroll_relay([9; 32], taken, NOW).await.unwrap_err();
+        assert!(err.to_string().contains("already enrolled"), "{err}");
+    }
+    store.enroll_relay([9; 32], key(82), NOW).await.unwrap();
+    store.close().await;
+    // Migrated once: reopening finds everything and runs nothing again.
+    let reopened = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(reopened.schema_version().await.unwrap(), latest);
+    assert_eq!(reopened.host("edge-01").await.unwrap(), Some(host));
+    assert_eq!(
+        reopened
+            .relay_by_key(key(82))
+            .await
+            .unwrap()
+            .map(|r| r.name),
+        Some("relay-oslo".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn newer_or_foreign_databases_are_refused_before_any_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    // From a mesh that knows more migrations than this one.
+    let newer = dir.path().join("newer");
+    {
+        let store = SqliteStore::create(&newer).await.unwrap();
+        let version = store.schema_version().await.unwrap();
+        store
+            .raw(format!("PRAGMA user_version = {}", version + 1))
+            .await
+            .unwrap();
+        store.close().await;
+    }
+    let before = std::fs::read(&newer).unwrap();
+    let err = SqliteStore::open(&newer).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unusable(_)), "{err}");
+    assert!(
+        err.to_string().contains("newer than this mesh knows"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains('\n'), "one line: {err}");
+    assert_eq!(std::fs::read(&newer).unwrap(), before, "left untouched");
+
+    // An old database that is not ours is not migrated.
+    let foreign = dir.path().join("foreign-v3");
+    {
+        let store = SqliteStore::create_at_version(&foreign, 3).await.unwrap();
+        store.set_meta("format", "something-else").await.unwrap();
+        store.close().await;
+    }
+    let before = std::fs::read(&foreign).unwrap();
+    let err = SqliteStore::open(&foreign).await.unwrap_err();
+    assert!(
+        err.to_string().contains("not a mesh coordinator database"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&foreign).unwrap(), before, "left untouched");
 }

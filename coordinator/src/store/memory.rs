@@ -9,8 +9,11 @@ use mesh_proto::audit::AuditEvent;
 use mesh_proto::messages::control::AuditRecord;
 use mesh_proto::{NodeId, Revocation, RevocationTarget, UnixTime, UserId};
 
-use super::{AuditFilter, Store, StoreError, StoreResult, host_name_taken, key_taken};
-use crate::model::{Device, Host, HostSettings, Invite, InviteFor, Role, User};
+use super::{
+    AuditFilter, Store, StoreError, StoreResult, host_name_taken, key_taken, relay_name_taken,
+    wrong_invite,
+};
+use crate::model::{Device, Host, HostSettings, Invite, InviteFor, Relay, Role, User};
 
 /// Everything in one mutex: each method holds it for its whole body, so each is atomic.
 /// Clones share the same data, as two connections to one database file do (a simulated
@@ -27,6 +30,7 @@ struct State {
     next_user_id: u64,
     devices: BTreeMap<NodeId, Device>,
     hosts: BTreeMap<String, Host>,
+    relays: BTreeMap<String, Relay>,
     roles: BTreeMap<String, Role>,
     invites: Vec<Invite>,
     revocations: Vec<(Revocation, Vec<u8>)>,
@@ -60,9 +64,12 @@ impl State {
         self.devices.contains_key(&key)
             || self.revoked_devices.contains_key(&key)
             || self.hosts.values().any(|h| h.key == key)
+            || self.relays.values().any(|r| r.key == key)
     }
 
-    fn take_invite(&mut self, secret_hash: [u8; 32], now: UnixTime) -> StoreResult<Invite> {
+    /// Where the usable invite for `secret_hash` is. It stays in place until the enrollment
+    /// has succeeded, so a refusal leaves it pending (and where it was in the list).
+    fn invite_index(&self, secret_hash: [u8; 32], now: UnixTime) -> StoreResult<usize> {
         let index = self
             .invites
             .iter()
@@ -72,7 +79,7 @@ impl State {
         if invite.expires_at < now {
             return Err(StoreError::InviteExpired(invite.expires_at));
         }
-        Ok(self.invites.remove(index))
+        Ok(index)
     }
 
     fn insert_user(&mut self, name: &str, role: &str, now: UnixTime) -> StoreResult<User> {
@@ -194,6 +201,36 @@ impl Store for MemoryStore {
             host.addrs = addrs.to_vec();
         }
         Ok(())
+    }
+
+    async fn relays(&self) -> StoreResult<Vec<Relay>> {
+        Ok(self.lock().relays.values().cloned().collect())
+    }
+
+    async fn relay_by_key(&self, key: NodeId) -> StoreResult<Option<Relay>> {
+        Ok(self.lock().relays.values().find(|r| r.key == key).cloned())
+    }
+
+    async fn relay_seen(
+        &self,
+        key: NodeId,
+        when: UnixTime,
+        addrs: &[SocketAddr],
+    ) -> StoreResult<()> {
+        let mut state = self.lock();
+        if let Some(relay) = state.relays.values_mut().find(|r| r.key == key) {
+            relay.last_seen = Some(when);
+            relay.addrs = addrs.to_vec();
+        }
+        Ok(())
+    }
+
+    async fn remove_relay(&self, name: &str) -> StoreResult<()> {
+        self.lock()
+            .relays
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| StoreError::NotFound(format!("no relay {name}")))
     }
 
     async fn add_audit_events(
@@ -333,25 +370,19 @@ impl Store for MemoryStore {
         now: UnixTime,
     ) -> StoreResult<Host> {
         let mut state = self.lock();
-        let invite = state.take_invite(secret_hash, now)?;
-        let InviteFor::Host { name, labels } = invite.what.clone() else {
-            state.invites.push(invite);
-            return Err(StoreError::Conflict(
-                "this token enrolls a user's device; use `mesh login`".into(),
-            ));
+        let index = state.invite_index(secret_hash, now)?;
+        // Every refusal returns before the invite is removed: not spent, the admin can still
+        // use it with the right machine or command.
+        let InviteFor::Host { name, labels } = state.invites[index].what.clone() else {
+            return Err(wrong_invite(&state.invites[index].what));
         };
-        let refusal = if state.hosts.contains_key(&name) {
-            Some(host_name_taken(&name))
-        } else if state.key_in_use(key) {
-            Some(key_taken(key))
-        } else {
-            None
-        };
-        if let Some(refusal) = refusal {
-            // Not spent: the admin can still use it with the right machine.
-            state.invites.push(invite);
-            return Err(refusal);
+        if state.hosts.contains_key(&name) {
+            return Err(host_name_taken(&name));
         }
+        if state.key_in_use(key) {
+            return Err(key_taken(key));
+        }
+        state.invites.remove(index);
         let host = Host {
             name: name.clone(),
             key,
@@ -372,27 +403,19 @@ impl Store for MemoryStore {
         now: UnixTime,
     ) -> StoreResult<(User, Device)> {
         let mut state = self.lock();
-        let invite = state.take_invite(secret_hash, now)?;
-        let InviteFor::User { name, role } = invite.what.clone() else {
-            state.invites.push(invite);
-            return Err(StoreError::Conflict(
-                "this token enrolls a host; use `mesh node join`".into(),
-            ));
+        let index = state.invite_index(secret_hash, now)?;
+        let InviteFor::User { name, role } = state.invites[index].what.clone() else {
+            return Err(wrong_invite(&state.invites[index].what));
         };
         if state.key_in_use(key) {
-            state.invites.push(invite);
             return Err(key_taken(key));
         }
         let user = match state.users.get(&name) {
             Some(user) => user.clone(),
-            None => match state.insert_user(&name, &role, now) {
-                Ok(user) => user,
-                Err(e) => {
-                    state.invites.push(invite);
-                    return Err(e);
-                }
-            },
+            // Its only failure (the role is gone) leaves nothing changed.
+            None => state.insert_user(&name, &role, now)?,
         };
+        state.invites.remove(index);
         let device = Device {
             key,
             user_id: user.id,
@@ -400,5 +423,34 @@ impl Store for MemoryStore {
         };
         state.devices.insert(key, device.clone());
         Ok((user, device))
+    }
+
+    async fn enroll_relay(
+        &self,
+        secret_hash: [u8; 32],
+        key: NodeId,
+        now: UnixTime,
+    ) -> StoreResult<Relay> {
+        let mut state = self.lock();
+        let index = state.invite_index(secret_hash, now)?;
+        let InviteFor::Relay { name } = state.invites[index].what.clone() else {
+            return Err(wrong_invite(&state.invites[index].what));
+        };
+        if state.relays.contains_key(&name) {
+            return Err(relay_name_taken(&name));
+        }
+        if state.key_in_use(key) {
+            return Err(key_taken(key));
+        }
+        state.invites.remove(index);
+        let relay = Relay {
+            name: name.clone(),
+            key,
+            enrolled_at: now,
+            last_seen: None,
+            addrs: Vec::new(),
+        };
+        state.relays.insert(name, relay.clone());
+        Ok(relay)
     }
 }

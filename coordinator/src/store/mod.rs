@@ -18,7 +18,7 @@ use mesh_proto::audit::AuditEvent;
 use mesh_proto::messages::control::AuditRecord;
 use mesh_proto::{NodeId, Revocation, UnixTime, UserId};
 
-use crate::model::{Device, Host, HostSettings, Invite, Role, User};
+use crate::model::{Device, Host, HostSettings, Invite, InviteFor, Relay, Role, User};
 
 /// What a store operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +125,20 @@ pub trait Store: Send + Sync + 'static {
         addrs: &[SocketAddr],
     ) -> impl Future<Output = StoreResult<()>> + Send;
 
+    /// Every standalone relay, by name.
+    fn relays(&self) -> impl Future<Output = StoreResult<Vec<Relay>>> + Send;
+    /// A relay by key.
+    fn relay_by_key(&self, key: NodeId) -> impl Future<Output = StoreResult<Option<Relay>>> + Send;
+    /// Records that the relay with `key` was heard from at `when`, reachable at `addrs`.
+    fn relay_seen(
+        &self,
+        key: NodeId,
+        when: UnixTime,
+        addrs: &[SocketAddr],
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Removes a relay; its name and key are free to enroll again.
+    fn remove_relay(&self, name: &str) -> impl Future<Output = StoreResult<()>> + Send;
+
     /// Records a signed revocation; for a device or a user, their device keys are removed too,
     /// so that they get no new grants.
     fn add_revocation(
@@ -184,12 +198,34 @@ pub trait Store: Send + Sync + 'static {
         key: NodeId,
         now: UnixTime,
     ) -> impl Future<Output = StoreResult<(User, Device)>> + Send;
+    /// Redeems the relay invite whose secret hashes to `secret_hash`, enrolling `key` under
+    /// the invite's name. The invite is spent only if the enrollment succeeds.
+    fn enroll_relay(
+        &self,
+        secret_hash: [u8; 32],
+        key: NodeId,
+        now: UnixTime,
+    ) -> impl Future<Output = StoreResult<Relay>> + Send;
+}
+
+/// The refusal when an invite is redeemed by the command for another kind of invite: names
+/// the command that does use it, so the person holding the token can recover.
+fn wrong_invite(what: &InviteFor) -> StoreError {
+    StoreError::Conflict(
+        match what {
+            InviteFor::Host { .. } => "this token enrolls a host; use `mesh node join`",
+            InviteFor::User { .. } => "this token enrolls a user's device; use `mesh login`",
+            InviteFor::Relay { .. } => "this token enrolls a relay; use `mesh relay join`",
+        }
+        .into(),
+    )
 }
 
 /// The refusal when a key is already enrolled as something else.
 fn key_taken(key: NodeId) -> StoreError {
     StoreError::Conflict(format!(
-        "key {} is already enrolled here; each host and device needs its own home (--home)",
+        "key {} is already enrolled here; each host, device and relay needs its own home \
+         (--home)",
         key.short()
     ))
 }
@@ -198,5 +234,13 @@ fn key_taken(key: NodeId) -> StoreError {
 fn host_name_taken(name: &str) -> StoreError {
     StoreError::Conflict(format!(
         "host name {name} is already held by another key; pick another name or remove that host"
+    ))
+}
+
+/// The refusal when a relay name is taken by another key.
+fn relay_name_taken(name: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "relay name {name} is already held by another key; pick another name or remove that \
+         relay"
     ))
 }

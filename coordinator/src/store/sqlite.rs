@@ -16,8 +16,11 @@ use mesh_proto::{NodeId, Revocation, RevocationTarget, UnixTime, UserId};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqlitePool, Transaction};
 
-use super::{AuditFilter, Store, StoreError, StoreResult, host_name_taken, key_taken};
-use crate::model::{Device, Host, HostSettings, Invite, InviteFor, Role, User};
+use super::{
+    AuditFilter, Store, StoreError, StoreResult, host_name_taken, key_taken, relay_name_taken,
+    wrong_invite,
+};
+use crate::model::{Device, Host, HostSettings, Invite, InviteFor, Relay, Role, User};
 
 /// Migrations, in order; the schema version is how many have run.
 const MIGRATIONS: &[&str] = &[
@@ -71,6 +74,15 @@ const MIGRATIONS: &[&str] = &[
          UNIQUE (host_key, id));
      CREATE INDEX audit_events_by_host ON audit_events(host, seq);
      CREATE INDEX audit_events_by_user ON audit_events(user_name, seq);",
+    // 4: standalone relays, enrolled like hosts. Their invites need no new column (`what` is
+    // JSON), but this version keeps an older mesh, which could not read a relay invite, from
+    // opening the file at all.
+    "CREATE TABLE relays (
+         name TEXT PRIMARY KEY,
+         key TEXT NOT NULL UNIQUE,
+         enrolled_at INTEGER NOT NULL,
+         last_seen INTEGER,
+         addrs TEXT NOT NULL);",
 ];
 
 /// The `meta` entry that marks a database as a mesh coordinator's.
@@ -94,8 +106,36 @@ impl SqliteStore {
             )));
         }
         let store = Self::connect(path, true).await?;
-        store.migrate(true).await?;
+        store.migrate(true, MIGRATIONS.len()).await?;
         Ok(store)
+    }
+
+    /// Creates a database as the mesh that knew only the first `version` migrations did, to
+    /// test that later ones carry its data forward.
+    #[cfg(test)]
+    pub(super) async fn create_at_version(path: &Path, version: usize) -> StoreResult<Self> {
+        let store = Self::connect(path, true).await?;
+        store.migrate(true, version).await?;
+        Ok(store)
+    }
+
+    /// The schema version the file is at.
+    #[cfg(test)]
+    pub(super) async fn schema_version(&self) -> StoreResult<i64> {
+        sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)
+    }
+
+    /// Runs SQL as it is, for tests that write a database by hand as an older mesh did.
+    #[cfg(test)]
+    pub(super) async fn raw(&self, sql: String) -> StoreResult<()> {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
     }
 
     /// Opens the existing database at `path`, bringing its schema up to date.
@@ -107,7 +147,7 @@ impl SqliteStore {
             )));
         }
         let store = Self::connect(path, false).await?;
-        store.migrate(false).await?;
+        store.migrate(false, MIGRATIONS.len()).await?;
         Ok(store)
     }
 
@@ -129,8 +169,10 @@ impl SqliteStore {
         })
     }
 
-    /// Applies the migrations this database lacks, in one transaction.
-    async fn migrate(&self, fresh: bool) -> StoreResult<()> {
+    /// Applies the migrations this database lacks, up to the first `target` (all of them but
+    /// in tests), in one transaction; refuses a file that is not ours or from a newer mesh
+    /// before writing anything.
+    async fn migrate(&self, fresh: bool, target: usize) -> StoreResult<()> {
         let version: i64 = sqlx::query_scalar("PRAGMA user_version")
             .fetch_one(&self.pool)
             .await
@@ -165,6 +207,7 @@ impl SqliteStore {
         let mut tx = self.pool.begin().await.map_err(db)?;
         for (index, migration) in MIGRATIONS
             .iter()
+            .take(target)
             .enumerate()
             .skip(usize::try_from(version).unwrap_or(0))
         {
@@ -278,6 +321,21 @@ fn host_from(row: &SqliteRow) -> StoreResult<Host> {
     })
 }
 
+fn relay_from(row: &SqliteRow) -> StoreResult<Relay> {
+    let addrs: String = row.try_get("addrs").map_err(db)?;
+    let key: String = row.try_get("key").map_err(db)?;
+    Ok(Relay {
+        name: row.try_get("name").map_err(db)?,
+        key: node_id(&key)?,
+        enrolled_at: time(row.try_get("enrolled_at").map_err(db)?),
+        last_seen: row
+            .try_get::<Option<i64>, _>("last_seen")
+            .map_err(db)?
+            .map(time),
+        addrs: from_json("relay addresses", &addrs)?,
+    })
+}
+
 fn invite_from(row: &SqliteRow) -> StoreResult<Invite> {
     let hash: Vec<u8> = row.try_get("secret_hash").map_err(db)?;
     let what: String = row.try_get("what").map_err(db)?;
@@ -315,7 +373,9 @@ async fn role_exists(tx: &mut Transaction<'_, sqlx::Sqlite>, role: &str) -> Stor
 async fn key_in_use(tx: &mut Transaction<'_, sqlx::Sqlite>, key: NodeId) -> StoreResult<bool> {
     let key = key.to_string();
     let found: i64 = sqlx::query_scalar(
-        "SELECT (SELECT COUNT(*) FROM devices WHERE key = ?1) + (SELECT COUNT(*) FROM hosts WHERE key = ?1)",
+        "SELECT (SELECT COUNT(*) FROM devices WHERE key = ?1) \
+         + (SELECT COUNT(*) FROM hosts WHERE key = ?1) \
+         + (SELECT COUNT(*) FROM relays WHERE key = ?1)",
     )
     .bind(&key)
     .fetch_one(&mut **tx)
@@ -557,6 +617,56 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn relays(&self) -> StoreResult<Vec<Relay>> {
+        sqlx::query("SELECT * FROM relays ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(relay_from)
+            .collect()
+    }
+
+    async fn relay_by_key(&self, key: NodeId) -> StoreResult<Option<Relay>> {
+        sqlx::query("SELECT * FROM relays WHERE key = ?")
+            .bind(key.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .as_ref()
+            .map(relay_from)
+            .transpose()
+    }
+
+    async fn relay_seen(
+        &self,
+        key: NodeId,
+        when: UnixTime,
+        addrs: &[SocketAddr],
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE relays SET last_seen = ?, addrs = ? WHERE key = ?")
+            .bind(millis(when))
+            .bind(json(&addrs)?)
+            .bind(key.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn remove_relay(&self, name: &str) -> StoreResult<()> {
+        let removed = sqlx::query("DELETE FROM relays WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        if removed == 0 {
+            return Err(StoreError::NotFound(format!("no relay {name}")));
+        }
+        Ok(())
+    }
+
     async fn add_audit_events(
         &self,
         key: NodeId,
@@ -777,9 +887,7 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await.map_err(db)?;
         let invite = take_invite(&mut tx, secret_hash, now).await?;
         let InviteFor::Host { name, labels } = invite.what else {
-            return Err(StoreError::Conflict(
-                "this token enrolls a user's device; use `mesh login`".into(),
-            ));
+            return Err(wrong_invite(&invite.what));
         };
         let taken: Option<String> = sqlx::query_scalar("SELECT name FROM hosts WHERE name = ?")
             .bind(&name)
@@ -824,9 +932,7 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await.map_err(db)?;
         let invite = take_invite(&mut tx, secret_hash, now).await?;
         let InviteFor::User { name, role } = invite.what else {
-            return Err(StoreError::Conflict(
-                "this token enrolls a host; use `mesh node join`".into(),
-            ));
+            return Err(wrong_invite(&invite.what));
         };
         if key_in_use(&mut tx, key).await? {
             return Err(key_taken(key));
@@ -854,5 +960,48 @@ impl Store for SqliteStore {
             enrolled_at: now,
         };
         Ok((user, device))
+    }
+
+    async fn enroll_relay(
+        &self,
+        secret_hash: [u8; 32],
+        key: NodeId,
+        now: UnixTime,
+    ) -> StoreResult<Relay> {
+        // Any refusal drops the transaction, which rolls the invite's deletion back.
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let invite = take_invite(&mut tx, secret_hash, now).await?;
+        let InviteFor::Relay { name } = invite.what else {
+            return Err(wrong_invite(&invite.what));
+        };
+        let taken: Option<String> = sqlx::query_scalar("SELECT name FROM relays WHERE name = ?")
+            .bind(&name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        if taken.is_some() {
+            return Err(relay_name_taken(&name));
+        }
+        if key_in_use(&mut tx, key).await? {
+            return Err(key_taken(key));
+        }
+        sqlx::query(
+            "INSERT INTO relays (name, key, enrolled_at, last_seen, addrs) \
+             VALUES (?, ?, ?, NULL, '[]')",
+        )
+        .bind(&name)
+        .bind(key.to_string())
+        .bind(millis(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Relay {
+            name,
+            key,
+            enrolled_at: now,
+            last_seen: None,
+            addrs: Vec::new(),
+        })
     }
 }
