@@ -24,13 +24,14 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, cla
 fn synopsis(root: &mut clap::Command) -> String {
     fn leaves(command: &clap::Command, path: &str, out: &mut Vec<String>) {
         let path = format!("{path} {}", command.get_name());
-        if command.has_subcommands() {
-            for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
-                leaves(sub, &path, out);
-            }
-        } else {
-            let args: Vec<String> = command.get_arguments().filter_map(usage_of).collect();
+        let args: Vec<String> = command.get_arguments().filter_map(usage_of).collect();
+        // A command with subcommands is a leaf too when it also runs on its own with
+        // arguments (`mesh relay [--listen ADDR]` beside `mesh relay join`).
+        if !command.has_subcommands() || !args.is_empty() {
             out.push(format!("{path} {}", args.join(" ")).trim_end().to_owned());
+        }
+        for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+            leaves(sub, &path, out);
         }
     }
     root.build();
@@ -179,12 +180,22 @@ pub(crate) enum Command {
     /// socket. Not for interactive use.
     #[command(hide = true)]
     SessionProcess,
-    /// Run a standalone relay.
+    /// Run a standalone relay (enroll it first with `mesh relay join`).
+    #[command(args_conflicts_with_subcommands = true)]
     Relay {
-        /// Address to listen on (UDP and TCP).
+        /// Enroll this machine as a relay.
+        #[command(subcommand)]
+        command: Option<RelayCommand>,
+        /// Address to listen on (UDP and TCP; default 0.0.0.0:7401).
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RelayCommand {
+    /// Enroll this machine as a standalone relay (a token from `mesh invite relay`).
+    Join(Enroll),
 }
 
 /// `--json` for listing commands.
@@ -304,6 +315,12 @@ pub(crate) enum InviteCommand {
         /// The user's role (default: viewer).
         #[arg(long, value_name = "R")]
         role: Option<String>,
+    },
+    /// A token that enrolls one standalone relay under a name chosen here.
+    Relay {
+        /// The relay's name.
+        #[arg(long, value_name = "N")]
+        name: String,
     },
     /// List pending tokens.
     List(JsonFlag),

@@ -144,12 +144,41 @@ fn token_text(token: &str) -> Result<String, Failure> {
     Ok(text.trim().to_owned())
 }
 
-/// `mesh node join` and `mesh login`: enroll this home's key.
+/// What an enrollment command enrolls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EnrollAs {
+    /// `mesh node join`.
+    Host,
+    /// `mesh login`.
+    User,
+    /// `mesh relay join`.
+    Relay,
+}
+
+impl EnrollAs {
+    fn command(self) -> &'static str {
+        match self {
+            Self::Host => "mesh node join",
+            Self::User => "mesh login",
+            Self::Relay => "mesh relay join",
+        }
+    }
+
+    fn of(enrolled: &EnrolledAs) -> Self {
+        match enrolled {
+            EnrolledAs::Host { .. } => Self::Host,
+            EnrolledAs::User { .. } => Self::User,
+            EnrolledAs::Relay { .. } => Self::Relay,
+        }
+    }
+}
+
+/// `mesh node join`, `mesh login` and `mesh relay join`: enroll this home's key.
 pub(crate) fn enroll_home(
     home: &Path,
     token: &str,
     coordinator: Option<String>,
-    as_host: bool,
+    wanted: EnrollAs,
 ) -> Result<ExitCode, Failure> {
     let text = token_text(token)?;
     if Enrollment::load(home).map_err(failed)?.is_some() {
@@ -170,15 +199,13 @@ pub(crate) fn enroll_home(
             .await
             .map_err(failed)
     })?;
-    let wanted_host = matches!(enrollment.enrolled_as, EnrolledAs::Host { .. });
-    if wanted_host != as_host {
+    let got = EnrollAs::of(&enrollment.enrolled_as);
+    if got != wanted {
         // The coordinator already enrolled the key; say how to use it rather than hide it.
-        let hint = if as_host {
-            "mesh login"
-        } else {
-            "mesh node join"
-        };
-        eprintln!("mesh: note: this token was for `{hint}`; enrolled accordingly");
+        eprintln!(
+            "mesh: note: this token was for `{}`; enrolled accordingly",
+            got.command()
+        );
     }
     enrollment.save(home).map_err(failed)?;
     match &enrollment.enrolled_as {
@@ -189,6 +216,10 @@ pub(crate) fn enroll_home(
         EnrolledAs::User { name } => {
             eprintln!("mesh: enrolled this device for {name}; try `mesh hosts`");
         }
+        EnrolledAs::Relay { name } => eprintln!(
+            "mesh: enrolled as relay {name}; start it with `mesh --home {} relay`",
+            home.display()
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -216,13 +247,14 @@ fn with_coordinator<T>(
     })
 }
 
-/// `mesh invite host|user`.
+/// `mesh invite host|user|relay`.
 pub(crate) fn invite(home: &Path, target: InviteTarget) -> Result<ExitCode, Failure> {
     let what = match &target {
         InviteTarget::Host { name, .. } => format!("host {name}: on it run `mesh node join -`"),
         InviteTarget::User { name, role } => {
             format!("user {name} ({role}): on their device run `mesh login -`")
         }
+        InviteTarget::Relay { name } => format!("relay {name}: on it run `mesh relay join -`"),
     };
     let reply = ask(home, ControlMessage::InviteCreate(InviteCreate { target }))?;
     let ControlMessage::Invited(invited) = reply else {
@@ -300,6 +332,7 @@ fn describe_target(target: &InviteTarget) -> (&'static str, String, String) {
                 .join(","),
         ),
         InviteTarget::User { name, role } => ("user", name.clone(), format!("role={role}")),
+        InviteTarget::Relay { name } => ("relay", name.clone(), String::new()),
     }
 }
 

@@ -13,6 +13,7 @@ mod demo;
 mod exit;
 mod netsim;
 mod path;
+mod relay;
 mod remote;
 mod terminal;
 
@@ -22,7 +23,7 @@ use std::sync::Arc;
 
 use args::{
     Cli, Command, CoordinatorCommand, HostCommand, InviteCommand, NetsimCommand, NodeCommand,
-    RevokeCommand, RoleCommand, UserCommand,
+    RelayCommand, RevokeCommand, RoleCommand, UserCommand,
 };
 use exit::Failure;
 use mesh_node::session::host::SessionProgram;
@@ -63,13 +64,19 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             temp: _,
             ttl,
         }) => control::coordinator_grant(&home_dir(home)?, &user, &host, login.as_deref(), &ttl),
-        Command::Node(NodeCommand::Join(enroll)) => {
-            control::enroll_home(&home_dir(home)?, &enroll.token, enroll.coordinator, true)
-        }
+        Command::Node(NodeCommand::Join(enroll)) => control::enroll_home(
+            &home_dir(home)?,
+            &enroll.token,
+            enroll.coordinator,
+            control::EnrollAs::Host,
+        ),
         Command::Node(NodeCommand::Run) => node_run(&home_dir(home)?),
-        Command::Login(enroll) => {
-            control::enroll_home(&home_dir(home)?, &enroll.token, enroll.coordinator, false)
-        }
+        Command::Login(enroll) => control::enroll_home(
+            &home_dir(home)?,
+            &enroll.token,
+            enroll.coordinator,
+            control::EnrollAs::User,
+        ),
         Command::Hosts(json) => control::hosts(&home_dir(home)?, json.json),
         Command::Shell(args) => {
             logging("warn");
@@ -102,6 +109,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Invite(InviteCommand::User { name, role }) => {
             let role = role.unwrap_or_else(|| "viewer".into());
             control::invite(&home_dir(home)?, InviteTarget::User { name, role })
+        }
+        Command::Invite(InviteCommand::Relay { name }) => {
+            control::invite(&home_dir(home)?, InviteTarget::Relay { name })
         }
         Command::Invite(InviteCommand::List(json)) => {
             control::invite_list(&home_dir(home)?, json.json)
@@ -166,7 +176,22 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             control::admin_change(&home_dir(home)?, request)
         }
         Command::Audit(args) => audit::run(&home_dir(home)?, args),
-        Command::Relay { .. } => Err(not_built("relay", 8)),
+        Command::Relay {
+            command: Some(RelayCommand::Join(enroll)),
+            ..
+        } => control::enroll_home(
+            &home_dir(home)?,
+            &enroll.token,
+            enroll.coordinator,
+            control::EnrollAs::Relay,
+        ),
+        Command::Relay {
+            command: None,
+            listen,
+        } => {
+            logging("info");
+            relay::run(&home_dir(home)?, listen)
+        }
         Command::Cp(_) => Err(Failure::NotBuilt {
             command: "cp",
             issue: None,
@@ -235,7 +260,7 @@ fn node_run(home: &std::path::Path) -> Result<ExitCode, Failure> {
 
 /// Completes at the first SIGTERM or SIGINT (never, if the handlers cannot be installed:
 /// then the default actions end the process anyway).
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -267,11 +292,4 @@ fn session_process() -> Result<ExitCode, Failure> {
         .block_on(mesh_node::session::process::serve_session_on_stdin())
         .map_err(|e| Failure::Failed(format!("session process: {e}")))?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn not_built(command: &'static str, issue: u32) -> Failure {
-    Failure::NotBuilt {
-        command,
-        issue: Some(issue),
-    }
 }

@@ -17,7 +17,9 @@ use std::path::Path as FsPath;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use mesh_node::control::{EnrolledAs, Enrollment, connect_coordinator, request, session_net};
+use mesh_node::control::{
+    EnrolledAs, Enrollment, connect_coordinator, follow_relay, request, session_net,
+};
 use mesh_node::path::dial::TcpConnector;
 use mesh_node::path::net::{NodeNet, RelayContact};
 use mesh_node::path::socket::PathInfo;
@@ -170,7 +172,11 @@ async fn contact(
     let ask = ControlMessage::ContactRequest(ContactRequest {
         host: host.to_owned(),
     });
-    let reply = request(&conn, &ask).await.map_err(failed);
+    let (reply, relay) = tokio::join!(request(&conn, &ask), follow_relay(&conn, net, enrollment));
+    if let Err(e) = relay {
+        tracing::warn!("cannot learn which relay to use: {e}");
+    }
+    let reply = reply.map_err(failed);
     conn.quic().close(0u32.into(), b"done");
     match reply? {
         ControlMessage::Contact(contact) => Ok(contact),

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use mesh_node::control::{
-    Enrollment, connect_coordinator, request as control_request, session_net,
+    Enrollment, connect_coordinator, follow_relay, request as control_request, session_net,
 };
 use mesh_node::grant_cache;
 use mesh_node::path::dial::TcpConnector;
@@ -265,7 +265,16 @@ async fn by_name(
         login: login.map(str::to_owned),
         command,
     });
-    let reply = control_request(&conn, &ask).await.map_err(fail)?;
+    // Which relay the coordinator names, asked beside the grant: the relay connection moves
+    // there while the grant comes back.
+    let (reply, relay) = tokio::join!(
+        control_request(&conn, &ask),
+        follow_relay(&conn, &net, &enrollment)
+    );
+    if let Err(e) = relay {
+        tracing::warn!("cannot learn which relay to use: {e}");
+    }
+    let reply = reply.map_err(fail)?;
     conn.quic().close(0u32.into(), b"granted");
     let ControlMessage::Granted(granted) = reply else {
         return Err(Failure::Session(format!("unexpected reply {reply:?}")));

@@ -39,6 +39,8 @@ const CONTRACT: &[&str] = &[
     "mesh forward HOST LPORT:THOST:TPORT",
     "mesh proxy HOST [PORT]",
     "mesh relay [--listen ADDR]",
+    "mesh relay join TOKEN|- [--coordinator ADDR]",
+    "mesh invite relay --name N",
 ];
 
 fn text(bytes: &[u8]) -> String {
@@ -73,7 +75,6 @@ fn unbuilt_commands_exit_2_with_one_line_and_no_output() {
         &["cp", "a", "edge-01:/tmp"],
         &["forward", "edge-01", "8080:localhost:80"],
         &["proxy", "edge-01"],
-        &["relay"],
     ];
     for args in unbuilt {
         let out = run_mesh(args);
@@ -83,6 +84,18 @@ fn unbuilt_commands_exit_2_with_one_line_and_no_output() {
         assert_eq!(stderr.lines().count(), 1, "mesh {args:?}: {stderr}");
         assert!(stderr.contains("not built yet"), "mesh {args:?}: {stderr}");
     }
+}
+
+#[test]
+fn relay_without_an_enrolled_home_is_one_line_and_exit_1() {
+    let home = tempfile::tempdir().expect("temp home");
+    let home_arg = home.path().to_str().expect("utf-8 path");
+    let out = run_mesh(&["--home", home_arg, "relay", "--listen", "127.0.0.1:0"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("mesh relay join"), "{stderr}");
 }
 
 #[test]

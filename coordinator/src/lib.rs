@@ -5,8 +5,12 @@
 //!   through.
 //!
 //! - [`store`]: the [`Store`](store::Store) trait and its SQLite and in-memory backends.
+//! - [`server`]: the control protocol (enrollment, grants, the directory, administration,
+//!   revocation, audit, presence) and the embedded relay's admission.
+//! - [`relay`]: the relay server, embedded or standalone.
+//! - [`standalone`]: `mesh relay`, the relay on its own with its control stream.
+//! - [`home`]: a coordinator's home directory (CA key, key, database).
 //!
-//! Still to come with issue #5: enrollment, grant issuing and the control protocol server.
 //! See `ARCHITECTURE.md`.
 
 pub mod home;
@@ -14,4 +18,5 @@ pub mod model;
 pub mod policy;
 pub mod relay;
 pub mod server;
+pub mod standalone;
 pub mod store;

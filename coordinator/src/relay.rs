@@ -36,6 +36,24 @@ pub trait RelayPolicy: std::fmt::Debug + Send + Sync + 'static {
 #[derive(Debug, Default)]
 pub struct AllowedKeys(pub Mutex<std::collections::BTreeSet<NodeId>>);
 
+impl AllowedKeys {
+    /// Replaces the set.
+    pub fn replace(&self, keys: std::collections::BTreeSet<NodeId>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
+    }
+
+    /// Whether `key` is in the set now.
+    pub fn contains(&self, key: NodeId) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&key)
+    }
+}
+
 impl RelayPolicy for AllowedKeys {
     async fn allowed(&self, key: NodeId) -> bool {
         self.0
@@ -186,6 +204,27 @@ impl RelayServer {
             })
             .await;
         endpoint.close_and_flush(Duration::from_secs(1)).await;
+    }
+
+    /// Closes every connection of a key `allowed` no longer admits (a revoked device, a
+    /// removed user); returns how many.
+    pub fn disconnect_unless(&self, allowed: impl Fn(NodeId) -> bool) -> usize {
+        let mut peers = self.lock();
+        let gone: Vec<NodeId> = peers.keys().filter(|k| !allowed(**k)).copied().collect();
+        let mut closed = 0;
+        for key in gone {
+            for peer in peers.remove(&key).unwrap_or_default() {
+                peer.conn
+                    .close(2u32.into(), b"this key may no longer use the relay");
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// How many connections are up now.
+    pub fn connections(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
     }
 
     /// Closes the connection of a key that may not use the relay, and counts it.

@@ -19,11 +19,11 @@ use mesh_proto::codec::payload_len;
 use mesh_proto::grant::{OFFLINE_GRANT_DEFAULT_TTL, ONLINE_GRANT_DEFAULT_TTL, TEMPORARY_ROOT};
 use mesh_proto::messages::RELAY_ALPN;
 use mesh_proto::messages::control::{
-    AuditAck, AuditList, AuditQuery, AuditUpload, ContactRequest, ControlMessage, Done, Enroll,
-    Enrolled, Failure, Granted, HostContact, HostEntry, HostSet, Hosts, InviteCreate, InviteEntry,
-    InviteList, InviteRevoke, InviteTarget, Invited, Label, MAX_HOSTS, Revoke, RevokeWhat,
-    RoleList, RoleRemove, RoleSpec, SessionGrantRequest, Settings, TimeReply, UserAdd, UserEntry,
-    UserList, UserRemove, UserSetRole, Welcome,
+    AllowedKeys, AuditAck, AuditList, AuditQuery, AuditUpload, ContactRequest, ControlMessage,
+    Done, Enroll, Enrolled, Failure, Granted, HostContact, HostEntry, HostSet, Hosts, InviteCreate,
+    InviteEntry, InviteList, InviteRevoke, InviteTarget, Invited, Label, MAX_ALLOWED_KEYS_PAGE,
+    MAX_HOSTS, RelayInfo, Revoke, RevokeWhat, RoleList, RoleRemove, RoleSpec, SessionGrantRequest,
+    Settings, TimeReply, UseRelay, UserAdd, UserEntry, UserList, UserRemove, UserSetRole, Welcome,
 };
 use mesh_proto::token::{EnrollmentToken, TokenKind, TokenSecret, open_token};
 use mesh_proto::{
@@ -62,6 +62,17 @@ pub struct Coordinator<S> {
     /// The embedded relay, for enrolled devices and hosts (ALPN `mesh/relay/1` on the same
     /// endpoint).
     relay: Arc<RelayServer>,
+    /// Standalone relays with a live control stream, by name (the first is the mesh's relay).
+    relays: Mutex<BTreeMap<String, RelayPresence>>,
+    /// The keys allowed to use a relay, as last computed; relays' streams follow it.
+    allowed: tokio::sync::watch::Sender<Arc<Vec<NodeId>>>,
+}
+
+/// A standalone relay's live control stream.
+struct RelayPresence {
+    id: u64,
+    key: NodeId,
+    addrs: Vec<std::net::SocketAddr>,
 }
 
 impl<S> std::fmt::Debug for Coordinator<S> {
@@ -137,6 +148,8 @@ impl<S: Store> Coordinator<S> {
             presence: Mutex::new(BTreeMap::new()),
             next_presence: AtomicU64::new(1),
             relay: RelayServer::new(RelayLimits::default()),
+            relays: Mutex::new(BTreeMap::new()),
+            allowed: tokio::sync::watch::Sender::new(Arc::new(Vec::new())),
         })
     }
 
@@ -241,6 +254,11 @@ impl<S: Store> Coordinator<S> {
             ControlMessage::Hello(hello) => {
                 return self.presence(conn, hello.listen_addrs, send, recv).await;
             }
+            ControlMessage::RelayHello(hello) => {
+                return self
+                    .relay_presence(conn, hello.listen_addrs, send, recv)
+                    .await;
+            }
             ControlMessage::Enroll(enroll) => self.enroll(peer, enroll).await,
             ControlMessage::AuditUpload(upload) => self.audit_upload(peer, upload).await,
             other => self.user_request(peer, other).await,
@@ -282,7 +300,18 @@ impl<S: Store> Coordinator<S> {
                     role: user.role,
                 }
             }
+            TokenKind::Relay => {
+                let relay = self
+                    .store
+                    .enroll_relay(hash, peer, self.now())
+                    .await
+                    .map_err(store_error)?;
+                tracing::info!(relay = %relay.name, key = %peer.short(), "relay enrolled");
+                Enrolled::Relay { name: relay.name }
+            }
         };
+        // A new host or device may use the relays from now on.
+        self.relays_changed().await;
         Ok(ControlMessage::Enrolled(reply))
     }
 
@@ -332,13 +361,16 @@ impl<S: Store> Coordinator<S> {
                     addrs: host.addrs,
                 }))
             }
+            ControlMessage::RelayRequest(_) => Ok(ControlMessage::UseRelay(UseRelay {
+                relay: self.current_relay(),
+            })),
             ControlMessage::HostSet(set) => self.host_set(&user, &role, set).await,
             ControlMessage::InviteCreate(create) => self.invite(&user, &role, create).await,
             ControlMessage::InviteListRequest(_) => {
                 authorize(&user, &role, &Request::IssueCredentials).map_err(|d| d.0)?;
                 let invites = self.store.invites().await.map_err(store_error)?;
                 Ok(ControlMessage::InviteList(InviteList {
-                    invites: invites.into_iter().filter_map(invite_entry).collect(),
+                    invites: invites.into_iter().map(invite_entry).collect(),
                 }))
             }
             ControlMessage::InviteRevoke(InviteRevoke { id }) => {
@@ -354,11 +386,16 @@ impl<S: Store> Coordinator<S> {
             | ControlMessage::RolePut(_)
             | ControlMessage::RoleRemove(_) => {
                 authorize(&user, &role, &Request::Administer).map_err(|d| d.0)?;
-                self.administer(&user, request).await
+                let reply = self.administer(&user, request).await;
+                // A removed user's devices may no longer use the relays.
+                self.relays_changed().await;
+                reply
             }
             ControlMessage::RevokeRequest(revoke) => {
                 authorize(&user, &role, &Request::Administer).map_err(|d| d.0)?;
-                self.revoke(&user, revoke.what).await
+                let reply = self.revoke(&user, revoke.what).await;
+                self.relays_changed().await;
+                reply
             }
             ControlMessage::AuditQuery(query) => {
                 authorize(&user, &role, &Request::ReadAudit).map_err(|d| d.0)?;
@@ -705,6 +742,14 @@ impl<S: Store> Coordinator<S> {
                 }
                 (InviteFor::User { name, role }, TokenKind::User)
             }
+            InviteTarget::Relay { name } => {
+                check_name("relay", &name)?;
+                let taken = self.store.relays().await.map_err(store_error)?;
+                if taken.iter().any(|r| r.name == name) {
+                    return Err(format!("relay {name} is already enrolled"));
+                }
+                (InviteFor::Relay { name }, TokenKind::Relay)
+            }
         };
         let (id, token, expires_at) = self.create_invite(what, kind, &user.name).await?;
         Ok(ControlMessage::Invited(Invited {
@@ -791,6 +836,10 @@ impl<S: Store> Coordinator<S> {
             for revocation in revocations {
                 write_frame(&mut send, &ControlMessage::Revoke(Revoke { revocation })).await?;
             }
+            let relay = ControlMessage::UseRelay(UseRelay {
+                relay: self.current_relay(),
+            });
+            write_frame(&mut send, &relay).await?;
             loop {
                 tokio::select! {
                     biased;
@@ -822,6 +871,136 @@ impl<S: Store> Coordinator<S> {
         let _ = self.store.host_seen(peer, self.now(), &addrs).await;
         tracing::info!(host = %host.name, "host offline");
         result
+    }
+
+    /// A standalone relay's control stream: the allowed keys now and whenever they change,
+    /// until it closes. While it is up (and first by name), it is the mesh's relay.
+    async fn relay_presence(
+        &self,
+        conn: &Connection,
+        listen_addrs: Vec<std::net::SocketAddr>,
+        mut send: quinn::SendStream,
+        mut recv: FrameReader<quinn::RecvStream>,
+    ) -> Result<(), mesh_node::Error> {
+        let peer = conn.peer();
+        let Some(relay) = self.store.relay_by_key(peer).await.ok().flatten() else {
+            let failure = ControlMessage::Failure(Failure {
+                message: format!(
+                    "key {} is not an enrolled relay; run `mesh relay join TOKEN` first",
+                    peer.short()
+                ),
+            });
+            write_frame(&mut send, &failure).await?;
+            let _ = send.finish();
+            return Ok(());
+        };
+        let observed = conn.quic().remote_address();
+        let addrs = contact_addrs(observed, &listen_addrs);
+        if let Err(e) = self.store.relay_seen(peer, self.now(), &addrs).await {
+            tracing::warn!(relay = %relay.name, "cannot record presence: {e}");
+        }
+        let mut allowed = self.allowed.subscribe();
+        // Fresh, not the last computed set: it may never have been computed.
+        let keys = match self.allowed_keys().await {
+            Ok(keys) => Arc::new(keys),
+            Err(e) => {
+                tracing::warn!("cannot list the keys allowed to use relays: {e}");
+                return Ok(());
+            }
+        };
+        let id = self.next_presence.fetch_add(1, Ordering::Relaxed);
+        self.lock_relays().insert(
+            relay.name.clone(),
+            RelayPresence {
+                id,
+                key: peer,
+                addrs: addrs.clone(),
+            },
+        );
+        tracing::info!(relay = %relay.name, %observed, "relay online");
+        self.relay_choice_changed();
+        let result = async {
+            send_allowed(&mut send, &keys).await?;
+            loop {
+                tokio::select! {
+                    changed = allowed.changed() => {
+                        if changed.is_err() {
+                            return Ok(());
+                        }
+                        let keys = allowed.borrow_and_update().clone();
+                        send_allowed(&mut send, &keys).await?;
+                    }
+                    frame = recv.next::<ControlMessage>() => match frame? {
+                        Some(_) => {}
+                        None => return Ok(()),
+                    },
+                }
+            }
+        }
+        .await;
+        {
+            let mut relays = self.lock_relays();
+            if relays.get(&relay.name).is_some_and(|r| r.id == id) {
+                relays.remove(&relay.name);
+            }
+        }
+        tracing::info!(relay = %relay.name, "relay offline");
+        self.relay_choice_changed();
+        result
+    }
+
+    fn lock_relays(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, RelayPresence>> {
+        self.relays.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The mesh's relay now: the first standalone relay (by name) whose control stream is up;
+    /// `None` means the coordinator's own.
+    fn current_relay(&self) -> Option<RelayInfo> {
+        self.lock_relays().iter().next().map(|(name, r)| RelayInfo {
+            name: name.clone(),
+            key: r.key,
+            addrs: r.addrs.clone(),
+        })
+    }
+
+    /// Tells every online host which relay to use now.
+    fn relay_choice_changed(&self) {
+        let message = ControlMessage::UseRelay(UseRelay {
+            relay: self.current_relay(),
+        });
+        self.push_all(&message);
+    }
+
+    /// Every key that may use a relay: hosts and the devices of users (removed users'
+    /// devices and revoked devices are gone from the store).
+    async fn allowed_keys(&self) -> Result<Vec<NodeId>, StoreError> {
+        let mut keys = std::collections::BTreeSet::new();
+        for host in self.store.hosts().await? {
+            keys.insert(host.key);
+        }
+        for user in self.store.users().await? {
+            for device in self.store.devices_of(user.id).await? {
+                keys.insert(device.key);
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    /// Recomputes the keys allowed to use a relay (after an enrollment, a removal or a
+    /// revocation): the embedded relay drops the connections of keys no longer in it, and every
+    /// standalone relay's stream is handed the new set.
+    async fn relays_changed(&self) {
+        match self.allowed_keys().await {
+            Ok(keys) => {
+                let set: std::collections::BTreeSet<NodeId> = keys.iter().copied().collect();
+                let closed = self.relay.disconnect_unless(|key| set.contains(&key));
+                if closed > 0 {
+                    tracing::info!(closed, "relay connections of keys no longer allowed closed");
+                }
+                self.allowed.send_replace(Arc::new(keys));
+            }
+            Err(e) => tracing::warn!("cannot list the keys allowed to use relays: {e}"),
+        }
     }
 
     fn lock_presence(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Presence>> {
@@ -875,6 +1054,29 @@ fn contact_addrs(
         }
     }
     addrs
+}
+
+/// Sends a relay the whole allowed set, in pages; the last page says so.
+async fn send_allowed(
+    send: &mut quinn::SendStream,
+    keys: &[NodeId],
+) -> Result<(), mesh_node::Error> {
+    let mut pages = keys.chunks(MAX_ALLOWED_KEYS_PAGE).peekable();
+    if pages.peek().is_none() {
+        let empty = ControlMessage::AllowedKeys(AllowedKeys {
+            keys: Vec::new(),
+            last: true,
+        });
+        return write_frame(send, &empty).await;
+    }
+    while let Some(page) = pages.next() {
+        let message = ControlMessage::AllowedKeys(AllowedKeys {
+            keys: page.to_vec(),
+            last: pages.peek().is_none(),
+        });
+        write_frame(send, &message).await?;
+    }
+    Ok(())
 }
 
 /// The session permissions a role's grants carry.
@@ -990,10 +1192,9 @@ fn role_from_spec(spec: RoleSpec) -> Result<Role, String> {
     })
 }
 
-/// An invite as listed; `None` for a relay invite, which the protocol cannot describe yet
-/// (relays enroll with `mesh relay join`).
-fn invite_entry(invite: Invite) -> Option<InviteEntry> {
-    Some(InviteEntry {
+/// An invite as listed.
+fn invite_entry(invite: Invite) -> InviteEntry {
+    InviteEntry {
         id: invite.id,
         target: match invite.what {
             InviteFor::Host { name, labels } => InviteTarget::Host {
@@ -1001,11 +1202,11 @@ fn invite_entry(invite: Invite) -> Option<InviteEntry> {
                 labels: labels_out(&labels),
             },
             InviteFor::User { name, role } => InviteTarget::User { name, role },
-            InviteFor::Relay { .. } => return None,
+            InviteFor::Relay { name } => InviteTarget::Relay { name },
         },
         created_by: invite.created_by,
         expires_at: invite.expires_at,
-    })
+    }
 }
 
 #[cfg(test)]

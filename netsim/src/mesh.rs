@@ -12,14 +12,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_coordinator::model::InviteFor;
+use mesh_coordinator::relay::RelayServer;
 use mesh_coordinator::server::{COORDINATOR_ALPNS, Coordinator, endpoint_options};
+use mesh_coordinator::standalone::{self, RelayParts};
 use mesh_coordinator::store::memory::MemoryStore;
 use mesh_node::agent::config::AgentConfig;
 use mesh_node::agent::presence::{HostState, Jitter};
 use mesh_node::agent::revocations::Revocations;
 use mesh_node::agent::{AgentParts, serve};
 use mesh_node::audit::AuditLog;
-use mesh_node::control::{Enrollment, connect_coordinator, directory, enroll, request};
+use mesh_node::control::{
+    Enrollment, connect_coordinator, directory, enroll, follow_relay, request,
+};
 use mesh_node::endpoint::{Connection, Endpoint, EndpointOptions};
 use mesh_node::path::net::{NetOptions, NodeNet, RelayContact};
 use mesh_node::path::socket::PathSocket;
@@ -27,9 +31,9 @@ use mesh_node::path::state::Path;
 use mesh_node::session::client::{SessionInput, SessionOutcome, SessionRequest, open_session};
 use mesh_node::session::fake_shell::FakeShellBackend;
 use mesh_node::session::host::LoginPolicy;
-use mesh_proto::messages::SESSION_ALPN;
 use mesh_proto::messages::control::{ControlMessage, SessionGrantRequest};
 use mesh_proto::messages::session::LoginRequest;
+use mesh_proto::messages::{RELAY_ALPN, SESSION_ALPN};
 use mesh_proto::socket::DatagramSocket;
 use mesh_proto::token::TokenKind;
 use mesh_proto::{CaSigner, Clock, SecretKey, UnixTime};
@@ -45,6 +49,8 @@ use crate::world::World;
 pub const COORDINATOR_PORT: u16 = 7400;
 /// The agents' UDP port.
 pub const AGENT_PORT: u16 = 7422;
+/// The port a standalone relay listens on (UDP and TCP).
+pub const RELAY_PORT: u16 = 7401;
 /// The login sessions ask for (the fake shell runs as no one; the gate still resolves it).
 pub const LOGIN: &str = "root";
 /// Wall-clock time when every simulation starts: 2026-01-01T00:00:00Z.
@@ -190,6 +196,9 @@ pub struct Mesh {
     devices: HashMap<String, Device>,
     /// Spool directories of the agents' audit logs.
     spool_root: tempfile::TempDir,
+    /// Standalone relays running, by host name: their server (for its counters) and the
+    /// sender that stops them.
+    relays: HashMap<String, (Arc<RelayServer>, watch::Sender<bool>)>,
 }
 
 impl Mesh {
@@ -211,6 +220,7 @@ impl Mesh {
                 .map_err(|e| {
                     format!("cannot make a directory for the agents' audit spools: {e}")
                 })?,
+            relays: HashMap::new(),
         })
     }
 
@@ -321,6 +331,92 @@ impl Mesh {
         Ok(token)
     }
 
+    /// Enrolls a standalone relay on the host `name` (as `mesh relay join` does) and starts it
+    /// (as `mesh relay` does) on UDP and simulated TCP at [`RELAY_PORT`]. The coordinator then
+    /// names it to every node as the mesh's relay while it is connected.
+    pub async fn start_relay(&mut self, name: &str) -> Result<(), String> {
+        let host = self.host_index(name)?;
+        let token = self
+            .invite(
+                InviteFor::Relay {
+                    name: name.to_owned(),
+                },
+                TokenKind::Relay,
+            )
+            .await?;
+        let key = key_for(self.seed, &format!("relay {name}"));
+        let joining = self.client_endpoint(host, &key, &format!("relay join {name}"))?;
+        let enrollment = enroll(
+            &joining,
+            &self.world.binder(host),
+            &token,
+            None,
+            self.clock.now(),
+        )
+        .await
+        .map_err(|e| format!("relay {name} cannot enroll: {e}"))?;
+        joining.close();
+        let socket = self
+            .world
+            .binder(host)
+            .bind_sim(RELAY_PORT)
+            .map_err(|e| e.to_string())?;
+        let local = DatagramSocket::local_addr(&*socket).map_err(|e| e.to_string())?;
+        let endpoint = Endpoint::with_options(
+            key.clone(),
+            socket,
+            &[RELAY_ALPN],
+            EndpointOptions {
+                seed: Some(quinn_seed(self.seed, &format!("relay {name}"))),
+                ..endpoint_options()
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let streams = self
+            .world
+            .binder(host)
+            .listen_stream(RELAY_PORT)
+            .map_err(|e| e.to_string())?;
+        let parts = RelayParts {
+            key,
+            enrollment,
+            endpoint,
+            listen_addrs: vec![local],
+            streams: Arc::new(self.world.binder(host)),
+        };
+        let (stop, mut stopped) = watch::channel(false);
+        let (server_tx, server_rx) = tokio::sync::oneshot::channel();
+        let label = name.to_owned();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            match standalone::run_with(parts, Some(streams), shutdown, |server| {
+                let _ = server_tx.send(server);
+            })
+            .await
+            {
+                Ok(()) => {}
+                Err(e) => tracing::warn!(relay = %label, "relay stopped: {e}"),
+            }
+        });
+        let server = server_rx
+            .await
+            .map_err(|_| format!("the relay on {name} did not start"))?;
+        self.relays.insert(name.to_owned(), (server, stop));
+        Ok(())
+    }
+
+    /// The standalone relay on host `name`: its server, for its counters.
+    pub fn relay_server(&self, name: &str) -> Option<Arc<RelayServer>> {
+        self.relays.get(name).map(|(server, _)| server.clone())
+    }
+
+    /// The coordinator's embedded relay, for its counters.
+    pub fn embedded_relay(&self) -> Option<Arc<RelayServer>> {
+        self.coordinator.as_ref().map(|(c, _)| c.relay().clone())
+    }
+
     /// Enrolls the host `name` and starts its agent.
     pub async fn start_agent(&mut self, name: &str) -> Result<(), String> {
         let host = self.host_index(name)?;
@@ -396,6 +492,7 @@ impl Mesh {
         )?;
         let endpoint = net.endpoint.clone();
         let config = AgentConfig::default();
+        let relay_net = net.clone();
         let spool = self.spool_root.path().join(name);
         let audit = AuditLog::open(
             &spool,
@@ -419,6 +516,7 @@ impl Mesh {
             backend: FakeShellBackend,
             jitter: Jitter::seeded(fnv1a(&purpose) ^ self.seed),
             streams: Arc::new(self.world.binder(setup.host)),
+            net: Some(relay_net),
         };
         let (stop, mut stopped) = watch::channel(false);
         let label = name.to_owned();
@@ -661,7 +759,15 @@ impl Client {
             login: Some(LOGIN.to_owned()),
             command: true,
         });
-        let reply = request(&conn, &ask).await.map_err(|e| e.to_string())?;
+        // As `mesh exec` does: which relay to use, asked beside the grant.
+        let (reply, relay) = tokio::join!(
+            request(&conn, &ask),
+            follow_relay(&conn, &net, &device.enrollment)
+        );
+        if let Err(e) = relay {
+            tracing::warn!("cannot learn which relay to use: {e}");
+        }
+        let reply = reply.map_err(|e| e.to_string())?;
         conn.quic().close(0u32.into(), b"granted");
         let ControlMessage::Granted(granted) = reply else {
             return Err(format!("unexpected reply {reply:?}"));

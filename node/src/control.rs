@@ -50,6 +50,11 @@ pub enum EnrolledAs {
         /// The user's name.
         name: String,
     },
+    /// A standalone relay with this name.
+    Relay {
+        /// Its name.
+        name: String,
+    },
 }
 
 impl Enrollment {
@@ -114,6 +119,46 @@ impl Enrollment {
         }
         Some(set)
     }
+}
+
+/// The relay a node should keep a connection to: the standalone relay the coordinator named
+/// (`relay`), or the coordinator's own.
+pub fn relay_contact(
+    relay: Option<&mesh_proto::messages::control::RelayInfo>,
+    enrollment: &Enrollment,
+) -> crate::path::net::RelayContact {
+    match relay {
+        Some(info) => crate::path::net::RelayContact {
+            key: info.key,
+            addrs: info.addrs.iter().map(ToString::to_string).collect(),
+        },
+        None => crate::path::net::RelayContact {
+            key: enrollment.coordinator_key,
+            addrs: enrollment.coordinator_addrs.clone(),
+        },
+    }
+}
+
+/// Asks the coordinator which relay to use and moves `net`'s relay connection there.
+pub async fn follow_relay(
+    conn: &Connection,
+    net: &crate::path::net::NodeNet,
+    enrollment: &Enrollment,
+) -> Result<(), Error> {
+    let reply = request(
+        conn,
+        &ControlMessage::RelayRequest(mesh_proto::messages::control::RelayRequest),
+    )
+    .await?;
+    let ControlMessage::UseRelay(use_relay) = reply else {
+        return Err(Error::Stream(format!(
+            "unexpected reply to RelayRequest: {reply:?}"
+        )));
+    };
+    if net.use_relay(relay_contact(use_relay.relay.as_ref(), enrollment)) {
+        tracing::info!(relay = ?use_relay.relay.map(|r| r.name), "the coordinator names another relay");
+    }
+    Ok(())
 }
 
 /// Connects to the coordinator at the first of `addrs` that answers as `key`: over UDP from
@@ -232,6 +277,7 @@ pub async fn enroll(
     let enrolled_as = match reply {
         ControlMessage::Enrolled(Enrolled::Host { name }) => EnrolledAs::Host { name },
         ControlMessage::Enrolled(Enrolled::Device { user, .. }) => EnrolledAs::User { name: user },
+        ControlMessage::Enrolled(Enrolled::Relay { name }) => EnrolledAs::Relay { name },
         other => {
             return Err(Error::Stream(format!(
                 "unexpected reply to Enroll: {other:?}"

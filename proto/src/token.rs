@@ -39,6 +39,8 @@ pub enum TokenKind {
     Host,
     /// A user's device (`mesh login`).
     User,
+    /// A standalone relay (`mesh relay join`).
+    Relay,
 }
 
 /// The one-time secret in a token. Wiped on drop; `Debug` does not show it.

@@ -107,7 +107,7 @@ pub async fn run(
             streams: crate::path::dial::tcp(),
         },
     )?;
-    let endpoint = net.endpoint;
+    let endpoint = net.endpoint.clone();
     let revocations = Revocations::load(home, ca_keys.clone())?;
     let temp_accounts = if Uid::effective().is_root() {
         let accounts = TempAccounts::open(home, key.node_id())?;
@@ -140,6 +140,7 @@ pub async fn run(
         backend: ProcessBackend::new(program),
         jitter: Jitter::from_entropy(),
         streams: crate::path::dial::tcp(),
+        net: Some(net),
     };
     serve(parts, shutdown).await
 }
@@ -178,6 +179,9 @@ pub struct AgentParts<B> {
     /// How the presence stream reaches the coordinator when UDP does not (TCP, or the
     /// simulator's streams).
     pub streams: Arc<dyn crate::path::dial::StreamConnector>,
+    /// The networking under `endpoint`, whose relay connection follows the coordinator's
+    /// choice of relay (none: the relay stays where it started, or there is none).
+    pub net: Option<NodeNet>,
 }
 
 /// Serves sessions with `parts` until `shutdown` completes.
@@ -200,6 +204,7 @@ pub async fn serve<B: SessionBackend>(
         backend,
         jitter,
         streams,
+        net,
     } = parts;
     let policy = HostPolicy {
         logins,
@@ -234,6 +239,7 @@ pub async fn serve<B: SessionBackend>(
                 streams,
                 enrollment,
                 listen: local,
+                net,
             },
             state.clone(),
             revocations.clone(),

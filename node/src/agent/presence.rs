@@ -15,7 +15,7 @@ use mesh_proto::{Clock, UnixTime};
 use super::revocations::Revocations;
 use crate::audit::AuditLog;
 use crate::audit::upload::upload_forever;
-use crate::control::{Enrollment, connect_coordinator};
+use crate::control::{Enrollment, connect_coordinator, relay_contact};
 use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::framed::{FrameReader, write_frame};
@@ -117,6 +117,9 @@ pub struct CoordinatorRoute {
     pub enrollment: Enrollment,
     /// Where the agent listens (told to the coordinator).
     pub listen: SocketAddr,
+    /// The node's networking, whose relay connection follows the relay the coordinator
+    /// names.
+    pub net: Option<crate::path::net::NodeNet>,
 }
 
 /// Keeps the presence stream up until the task is dropped.
@@ -129,15 +132,7 @@ pub async fn run_presence(
 ) {
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let once = connect_once(
-            &route.endpoint,
-            &*route.streams,
-            &route.enrollment,
-            route.listen,
-            &state,
-            &revocations,
-            &audit,
-        );
+        let once = connect_once(&route, &state, &revocations, &audit);
         match once.await {
             // It was up: start the backoff over.
             Ok(()) => backoff = FIRST_BACKOFF,
@@ -152,14 +147,19 @@ pub async fn run_presence(
 }
 
 async fn connect_once(
-    endpoint: &Endpoint,
-    streams: &dyn StreamConnector,
-    enrollment: &Enrollment,
-    listen: SocketAddr,
+    route: &CoordinatorRoute,
     state: &HostState,
     revocations: &Revocations,
     audit: &AuditLog,
 ) -> Result<(), Error> {
+    let CoordinatorRoute {
+        endpoint,
+        streams,
+        enrollment,
+        listen,
+        net,
+    } = route;
+    let (streams, listen, net) = (&**streams, *listen, net.as_ref());
     let conn = connect_coordinator(
         endpoint,
         streams,
@@ -192,7 +192,8 @@ async fn connect_once(
     }
     // Spooled audit events go up on streams of their own over the same connection; if an
     // upload fails, the connection is started over (and the batch sent again).
-    let presence = presence_loop(&mut send, &mut recv, state, revocations);
+    let relay = net.map(|net| (net, enrollment));
+    let presence = presence_loop(&mut send, &mut recv, state, revocations, relay);
     tokio::select! {
         biased;
         result = presence => result,
@@ -206,6 +207,7 @@ async fn presence_loop(
     recv: &mut FrameReader<quinn::RecvStream>,
     state: &HostState,
     revocations: &Revocations,
+    relay: Option<(&crate::path::net::NodeNet, &Enrollment)>,
 ) -> Result<(), Error> {
     let mut nonce = 0u64;
     let mut asked_at = None;
@@ -223,6 +225,17 @@ async fn presence_loop(
                     Ok(false) => {}
                     Err(e) => tracing::warn!("{e}"),
                 },
+                Some(ControlMessage::UseRelay(use_relay)) => {
+                    if let Some((net, enrollment)) = relay {
+                        let contact = relay_contact(use_relay.relay.as_ref(), enrollment);
+                        if net.use_relay(contact) {
+                            tracing::info!(
+                                relay = ?use_relay.relay.map(|r| r.name),
+                                "the coordinator names another relay"
+                            );
+                        }
+                    }
+                }
                 Some(ControlMessage::TimeReply(reply)) => {
                     if let Some((n, sent)) = asked_at {
                         if reply.nonce == n {

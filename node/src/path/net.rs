@@ -43,6 +43,8 @@ pub struct NodeNet {
     pub socket: Arc<PathSocket>,
     /// The QUIC endpoint on it.
     pub endpoint: Endpoint,
+    /// Which relay the relay task keeps a connection to (none without a relay).
+    relay_target: Option<Arc<tokio::sync::watch::Sender<RelayContact>>>,
 }
 
 /// How to start a node's networking beyond its key and sockets.
@@ -91,18 +93,46 @@ impl NodeNet {
             },
         )?;
         tokio::spawn(socket.clone().drive());
-        if let Some(relay) = options.relay {
+        let relay_target = options.relay.map(|relay| {
+            let (target, watched) = tokio::sync::watch::channel(relay);
             tokio::spawn(keep_relay(
                 Arc::downgrade(&socket),
                 key,
                 binder,
                 options.streams,
-                relay,
+                watched,
                 options.seed,
                 options.jitter,
             ));
+            Arc::new(target)
+        });
+        Ok(Self {
+            socket,
+            endpoint,
+            relay_target,
+        })
+    }
+
+    /// Moves the relay connection to `relay` (the coordinator named another): the current one
+    /// is closed and the new one made at once. Returns whether anything changed; a node
+    /// started without a relay ignores it.
+    pub fn use_relay(&self, relay: RelayContact) -> bool {
+        let Some(target) = &self.relay_target else {
+            return false;
+        };
+        let changed = target.send_if_modified(|current| {
+            if *current == relay {
+                false
+            } else {
+                *current = relay;
+                true
+            }
+        });
+        if changed {
+            // Until the new relay is up, `wait_for_relay` must wait for it, not the old one.
+            self.socket.clear_relay();
         }
-        Ok(Self { socket, endpoint })
+        changed
     }
 }
 
@@ -112,7 +142,7 @@ async fn keep_relay(
     key: SecretKey,
     binder: Arc<dyn SocketBinder + Send + Sync>,
     streams: Arc<dyn StreamConnector>,
-    relay: RelayContact,
+    mut target: tokio::sync::watch::Receiver<RelayContact>,
     seed: Option<[u8; 32]>,
     jitter: Jitter,
 ) {
@@ -123,7 +153,8 @@ async fn keep_relay(
             return;
         }
         attempt = attempt.wrapping_add(1);
-        match connect_relay(
+        let relay = target.borrow_and_update().clone();
+        let connecting = connect_relay(
             &key,
             &binder,
             &*streams,
@@ -133,9 +164,19 @@ async fn keep_relay(
                 s[0] ^= attempt;
                 s
             }),
-        )
-        .await
-        {
+        );
+        let connected = tokio::select! {
+            connected = connecting => connected,
+            // Told to use another relay: drop this attempt and start on that one.
+            changed = target.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                backoff = FIRST_BACKOFF;
+                continue;
+            }
+        };
+        match connected {
             Ok(client) => {
                 let Some(live) = socket.upgrade() else {
                     client.close();
@@ -154,6 +195,17 @@ async fn keep_relay(
                         client.close();
                         return;
                     }
+                    changed = target.changed() => {
+                        client.close();
+                        if let Some(live) = socket.upgrade() {
+                            live.clear_relay();
+                        }
+                        if changed.is_err() {
+                            return;
+                        }
+                        tracing::info!("moving to another relay");
+                        continue;
+                    }
                 }
                 if let Some(live) = socket.upgrade() {
                     live.clear_relay();
@@ -170,8 +222,18 @@ async fn keep_relay(
             Err(e) => tracing::info!("relay unreachable: {e}"),
         }
         let extra = backoff.mul_f64(jitter.fraction() / 2.0);
-        tokio::time::sleep(backoff + extra).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::select! {
+            () = tokio::time::sleep(backoff + extra) => {
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            // Another relay: try it at once.
+            changed = target.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                backoff = FIRST_BACKOFF;
+            }
+        }
     }
 }
 

@@ -99,6 +99,16 @@ crate::wire_messages! {
         37 => ContactRequest(ContactRequest),
         /// Coordinator → client: the answer to [`ContactRequest`].
         38 => Contact(HostContact),
+        /// Standalone relay → coordinator, first on its control stream (which stays open).
+        39 => RelayHello(RelayHello),
+        /// Coordinator → standalone relay: the keys that may use it, in pages; pushed again
+        /// whenever the set changes (enrollments, removals, revocations).
+        40 => AllowedKeys(AllowedKeys),
+        /// Node → coordinator: which relay to use.
+        41 => RelayRequest(RelayRequest),
+        /// Coordinator → node: the relay to use (the answer to [`RelayRequest`]; pushed on a
+        /// host's presence stream after [`Welcome`] and whenever it changes).
+        42 => UseRelay(UseRelay),
     }
 }
 
@@ -155,6 +165,11 @@ pub enum Enrolled {
         user: String,
         /// The user's role.
         role: String,
+    },
+    /// A standalone relay, under this name.
+    Relay {
+        /// The relay's name.
+        name: String,
     },
 }
 
@@ -215,6 +230,68 @@ pub struct OfflineGrants {
     #[serde(deserialize_with = "bounded_vec::<_, _, MAX_HOSTS>")]
     #[cfg_attr(test, proptest(strategy = "crate::messages::tests::vec_up_to(4)"))]
     pub grants: Vec<Granted>,
+}
+
+/// Most keys in one [`AllowedKeys`] page (32 bytes each: a page stays far below a frame).
+pub const MAX_ALLOWED_KEYS_PAGE: usize = 1024;
+
+/// A standalone relay introduces itself.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct RelayHello {
+    /// The relay's mesh version.
+    pub version: String,
+    /// Addresses it listens on (UDP and TCP, the same ports).
+    #[serde(deserialize_with = "bounded_vec::<_, _, MAX_LISTEN_ADDRS>")]
+    #[cfg_attr(
+        test,
+        proptest(strategy = "crate::messages::tests::socket_addrs(MAX_LISTEN_ADDRS)")
+    )]
+    pub listen_addrs: Vec<SocketAddr>,
+}
+
+/// One page of the keys allowed to use a relay.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct AllowedKeys {
+    /// Keys.
+    #[serde(deserialize_with = "bounded_vec::<_, _, MAX_ALLOWED_KEYS_PAGE>")]
+    #[cfg_attr(test, proptest(strategy = "crate::messages::tests::vec_up_to(8)"))]
+    pub keys: Vec<NodeId>,
+    /// Whether this page ends the set: the relay then replaces its set with the pages since
+    /// the last one that ended a set.
+    pub last: bool,
+}
+
+/// Ask which relay to use.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct RelayRequest;
+
+/// The relay to use.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct UseRelay {
+    /// A standalone relay; `None`: the coordinator's own.
+    pub relay: Option<RelayInfo>,
+}
+
+/// Where a standalone relay is, as the coordinator vouches (clients pin its key from here,
+/// never from the relay itself).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct RelayInfo {
+    /// Its name.
+    pub name: String,
+    /// Its key.
+    pub key: NodeId,
+    /// Its addresses.
+    #[serde(deserialize_with = "bounded_vec::<_, _, MAX_LISTEN_ADDRS>")]
+    #[cfg_attr(
+        test,
+        proptest(strategy = "crate::messages::tests::socket_addrs(MAX_LISTEN_ADDRS)")
+    )]
+    pub addrs: Vec<SocketAddr>,
 }
 
 /// Ask where a host is: its key and addresses, for a user whose role covers it.
@@ -311,6 +388,11 @@ pub enum InviteTarget {
         name: String,
         /// Role.
         role: String,
+    },
+    /// A standalone relay with this name.
+    Relay {
+        /// Name.
+        name: String,
     },
 }
 
