@@ -70,7 +70,10 @@ pub(crate) fn coordinator_serve(
             key.clone(),
             Arc::new(socket),
             mesh_coordinator::server::COORDINATOR_ALPNS,
-            mesh_coordinator::server::endpoint_options(),
+            mesh_node::endpoint::EndpointOptions {
+                restart_keys: Some("coordinator"),
+                ..mesh_coordinator::server::endpoint_options()
+            },
         )
         .map_err(failed)?;
         let local = endpoint.local_addr().map_err(failed)?;

@@ -47,7 +47,10 @@ pub(crate) fn run(home: &Path, listen: Option<SocketAddr>) -> Result<ExitCode, F
             key.clone(),
             Arc::new(socket),
             &[RELAY_ALPN],
-            mesh_coordinator::server::endpoint_options(),
+            mesh_node::endpoint::EndpointOptions {
+                restart_keys: Some("relay"),
+                ..mesh_coordinator::server::endpoint_options()
+            },
         )
         .map_err(failed)?;
         let local = endpoint.local_addr().map_err(failed)?;

@@ -25,6 +25,11 @@ use tokio::time::Instant;
 
 /// How often the relay tells a sender that one destination is unreachable.
 const UNREACHABLE_EVERY: Duration = Duration::from_secs(1);
+/// What each packet costs from its sender's budget beyond its bytes: forwarding has a price
+/// per packet, so a flood of tiny packets is limited too.
+const PACKET_COST: usize = 64;
+/// Most relay connections one key may hold (each process of a device has its own).
+const MAX_CONNECTIONS_PER_KEY: usize = 16;
 
 /// Who may use the relay.
 pub trait RelayPolicy: std::fmt::Debug + Send + Sync + 'static {
@@ -151,6 +156,8 @@ struct Peer {
 pub struct RelayServer {
     limits: RelayLimits,
     peers: Mutex<HashMap<NodeId, Vec<Peer>>>,
+    /// Each key's byte budget, shared by all its connections.
+    budgets: Mutex<HashMap<NodeId, TokenBucket>>,
     next_id: AtomicU64,
     counters: RelayCounters,
 }
@@ -167,6 +174,7 @@ impl RelayServer {
         Arc::new(Self {
             limits,
             peers: Mutex::new(HashMap::new()),
+            budgets: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             counters: RelayCounters::default(),
         })
@@ -241,39 +249,59 @@ impl RelayServer {
         let key = conn.peer();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let quic = conn.quic().clone();
-        self.lock().entry(key).or_default().push(Peer {
-            conn: quic.clone(),
-            id,
-            instance: None,
-        });
+        {
+            let mut peers = self.lock();
+            let conns = peers.entry(key).or_default();
+            if conns.len() >= MAX_CONNECTIONS_PER_KEY {
+                drop(peers);
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                quic.close(3u32.into(), b"too many relay connections for this key");
+                return;
+            }
+            conns.push(Peer {
+                conn: quic.clone(),
+                id,
+                instance: None,
+            });
+        }
         tracing::debug!(peer = %key.short(), "relay peer connected");
-        let mut budget = TokenBucket::new(self.limits, Instant::now());
         let mut told_unreachable: HashMap<NodeId, Instant> = HashMap::new();
         while let Ok(datagram) = quic.read_datagram().await {
-            self.handle(
-                key,
-                id,
-                &quic,
-                &datagram,
-                &mut budget,
-                &mut told_unreachable,
-            );
+            self.handle(key, id, &quic, &datagram, &mut told_unreachable);
         }
         let mut peers = self.lock();
         if let Some(conns) = peers.get_mut(&key) {
             conns.retain(|p| p.id != id);
             if conns.is_empty() {
                 peers.remove(&key);
+                // The key's budget goes with its last connection.
+                self.budgets
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&key);
             }
         }
+    }
+
+    /// Takes `bytes` (and the per-packet cost) from `key`'s budget.
+    fn charge(&self, key: NodeId, bytes: usize, now: Instant) -> bool {
+        let mut budgets = self
+            .budgets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        budgets
+            .entry(key)
+            .or_insert_with(|| TokenBucket::new(self.limits, now))
+            .take(bytes.saturating_add(PACKET_COST), now)
     }
 
     /// The connection for `to`'s process `instance`, or `to`'s latest connection.
     fn target(&self, to: NodeId, instance: Option<u64>) -> Option<quinn::Connection> {
         let peers = self.lock();
         let conns = peers.get(&to)?;
+        // Newest first: after a reconnect, the process's new connection, not its dead one.
         match instance {
-            Some(instance) => conns.iter().find(|p| p.instance == Some(instance)),
+            Some(instance) => conns.iter().rev().find(|p| p.instance == Some(instance)),
             None => conns.last(),
         }
         .map(|p| p.conn.clone())
@@ -285,7 +313,6 @@ impl RelayServer {
         conn_id: u64,
         from_conn: &quinn::Connection,
         datagram: &[u8],
-        budget: &mut TokenBucket,
         told_unreachable: &mut HashMap<NodeId, Instant>,
     ) {
         let Ok(RelayMessage::Send(relay::Send {
@@ -298,6 +325,11 @@ impl RelayServer {
             self.counters.malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        // A QUIC packet is never empty: an empty one only costs the relay work.
+        if packet.is_empty() {
+            self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         // The connection's instance, as its process says (it only routes replies).
         if let Some(me) = self
             .lock()
@@ -307,7 +339,7 @@ impl RelayServer {
             me.instance = Some(from_instance);
         }
         let now = Instant::now();
-        if !budget.take(packet.len(), now) {
+        if !self.charge(from, packet.len(), now) {
             self.counters.over_limit.fetch_add(1, Ordering::Relaxed);
             return;
         }

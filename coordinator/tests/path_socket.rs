@@ -22,8 +22,9 @@ use mesh_proto::{SecretKey, SystemClock};
 const ALPN: &[u8] = b"path-test/1";
 const RELAY_MTU: EndpointOptions = EndpointOptions {
     seed: None,
-    initial_mtu: 1300,
+    initial_mtu: mesh_node::path::relay_client::RELAY_INITIAL_MTU,
     accepts_peers: false,
+    restart_keys: None,
 };
 
 fn udp() -> Arc<UdpSocket> {

@@ -17,8 +17,9 @@ use mesh_proto::messages::RELAY_ALPN;
 
 const RELAY_MTU: EndpointOptions = EndpointOptions {
     seed: None,
-    initial_mtu: 1300,
+    initial_mtu: mesh_node::path::relay_client::RELAY_INITIAL_MTU,
     accepts_peers: false,
+    restart_keys: None,
 };
 
 fn endpoint(key: &SecretKey, alpns: &[&[u8]]) -> Endpoint {
@@ -129,4 +130,37 @@ async fn the_relay_forwards_between_allowed_keys_and_refuses_the_rest() {
     }
     let forwarded = relay.counters().forwarded.load(Ordering::Relaxed);
     assert!(forwarded < 60, "{forwarded} forwarded past a 50 kB budget");
+
+    // A second connection of the same key draws on the same, spent budget: opening more
+    // connections buys no more bandwidth.
+    let client_a2 = RelayClient::connect(&endpoint(&a, &[]), relay_addr, relay_key.node_id())
+        .await
+        .unwrap();
+    let over_before = relay.counters().over_limit.load(Ordering::Relaxed);
+    let before = relay.counters().forwarded.load(Ordering::Relaxed);
+    for _ in 0..50 {
+        let _ = client_a2.send(b.node_id(), None, 2, packet.clone());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while relay.counters().over_limit.load(Ordering::Relaxed) < over_before + 40 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second connection had a budget of its own"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let more = relay.counters().forwarded.load(Ordering::Relaxed) - before;
+    assert!(more < 10, "{more} more forwarded on a fresh connection");
+
+    // An empty packet is refused as malformed, not forwarded.
+    let malformed = relay.counters().malformed.load(Ordering::Relaxed);
+    client_a2.send(b.node_id(), None, 2, Vec::new()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while relay.counters().malformed.load(Ordering::Relaxed) == malformed {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the empty packet passed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

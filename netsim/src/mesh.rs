@@ -278,6 +278,7 @@ impl Mesh {
             COORDINATOR_ALPNS,
             EndpointOptions {
                 seed: Some(quinn_seed(self.seed, &purpose)),
+                restart_keys: Some("coordinator"),
                 ..endpoint_options()
             },
         )
@@ -368,6 +369,7 @@ impl Mesh {
             &[RELAY_ALPN],
             EndpointOptions {
                 seed: Some(quinn_seed(self.seed, &format!("relay {name}"))),
+                restart_keys: Some("relay"),
                 ..endpoint_options()
             },
         )

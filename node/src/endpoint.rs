@@ -118,6 +118,9 @@ fn transport_config(mtu: Mtu) -> Arc<quinn::TransportConfig> {
     match mtu {
         Mtu::Discover(initial) => {
             transport.initial_mtu(initial);
+            // A relay connection's size is what lets a whole peer packet through: quinn's
+            // black-hole detection must not shrink it below that after a burst of loss.
+            transport.min_mtu(initial.max(DEFAULT_INITIAL_MTU));
         }
         Mtu::Peer => {
             transport.initial_mtu(PEER_MTU);
@@ -149,6 +152,12 @@ pub struct EndpointOptions {
     /// Whether the connections this endpoint accepts come from peers through a path socket
     /// (an agent's): their packets are then capped at [`PEER_MTU`] without discovery.
     pub accepts_peers: bool,
+    /// For a server's one UDP endpoint (its role named here: "agent", "coordinator",
+    /// "relay"): stateless-reset and connection-ID keys derived from the node's key and this
+    /// role, so the process that replaces it after a restart resets its predecessor's
+    /// connections at their next packet. `None` (clients, second transports): random keys,
+    /// as RFC 9000 wants for any two endpoints that must not share them.
+    pub restart_keys: Option<&'static str>,
 }
 
 impl Default for EndpointOptions {
@@ -157,6 +166,7 @@ impl Default for EndpointOptions {
             seed: None,
             initial_mtu: DEFAULT_INITIAL_MTU,
             accepts_peers: false,
+            restart_keys: None,
         }
     }
 }
@@ -202,13 +212,20 @@ impl Endpoint {
         accept_alpns: &[&[u8]],
         options: EndpointOptions,
     ) -> Result<Self, Error> {
-        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(stateless_reset_key(&key)));
-        // Connection IDs checked with a key of this node's too: a restarted process must
-        // recognise its predecessor's IDs to answer them with a stateless reset.
-        let cid_key = cid_key(&key);
-        endpoint_config.cid_generator(move || {
-            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
-        });
+        let mut endpoint_config = match options.restart_keys {
+            Some(role) => {
+                let mut config =
+                    quinn::EndpointConfig::new(Arc::new(stateless_reset_key(&key, role)));
+                // Connection IDs checked with a key of this node's too: a restarted process
+                // must recognise its predecessor's IDs to answer them with a stateless reset.
+                let cid_key = cid_key(&key, role);
+                config.cid_generator(move || {
+                    Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+                });
+                config
+            }
+            None => quinn::EndpointConfig::default(),
+        };
         endpoint_config.rng_seed(options.seed);
         // The path socket tells probes from QUIC by the first byte (a probe's is 0x00, a QUIC
         // packet's has the fixed bit 0x40 set): a peer that greased the fixed bit would have
@@ -384,16 +401,23 @@ impl Connection {
 /// at random: a restarted agent or coordinator then resets its peers' stale connections at
 /// their next packet (RFC 9000, 10.3), so they reconnect at once instead of waiting out an
 /// idle timeout. One-way: the reset key reveals nothing of the secret key.
-fn stateless_reset_key(key: &SecretKey) -> ring::hmac::Key {
+fn stateless_reset_key(key: &SecretKey, role: &str) -> ring::hmac::Key {
     ring::hmac::Key::new(
         ring::hmac::HMAC_SHA256,
-        derive(key, b"mesh quic stateless reset key v1").as_ref(),
+        derive(key, &purpose(b"mesh quic stateless reset key v1 ", role)).as_ref(),
     )
 }
 
+/// A derivation's label: what the key is for, and for which of the node's endpoints.
+fn purpose(what: &[u8], role: &str) -> Vec<u8> {
+    let mut label = what.to_vec();
+    label.extend_from_slice(role.as_bytes());
+    label
+}
+
 /// The key quinn checks this node's connection IDs with (see [`stateless_reset_key`]).
-fn cid_key(key: &SecretKey) -> u64 {
-    let tag = derive(key, b"mesh quic connection id key v1");
+fn cid_key(key: &SecretKey, role: &str) -> u64 {
+    let tag = derive(key, &purpose(b"mesh quic connection id key v1 ", role));
     let mut first = [0u8; 8];
     first.copy_from_slice(&tag.as_ref()[..8]);
     u64::from_le_bytes(first)
@@ -488,15 +512,22 @@ mod tests {
             SecretKey::from_seed(&[1; 32]),
             SecretKey::from_seed(&[2; 32]),
         );
-        let tag = |k: &SecretKey| {
-            ring::hmac::sign(&stateless_reset_key(k), b"cid")
+        let tag = |k: &SecretKey, role| {
+            ring::hmac::sign(&stateless_reset_key(k, role), b"cid")
                 .as_ref()
                 .to_vec()
         };
-        assert_eq!(tag(&a), tag(&SecretKey::from_seed(&[1; 32])));
-        assert_ne!(tag(&a), tag(&b));
-        assert_eq!(cid_key(&a), cid_key(&SecretKey::from_seed(&[1; 32])));
-        assert_ne!(cid_key(&a), cid_key(&b));
+        let a_again = SecretKey::from_seed(&[1; 32]);
+        assert_eq!(tag(&a, "agent"), tag(&a_again, "agent"));
+        assert_ne!(tag(&a, "agent"), tag(&b, "agent"));
+        assert_ne!(
+            tag(&a, "agent"),
+            tag(&a, "relay"),
+            "one key, two roles: two keys"
+        );
+        assert_eq!(cid_key(&a, "agent"), cid_key(&a_again, "agent"));
+        assert_ne!(cid_key(&a, "agent"), cid_key(&b, "agent"));
+        assert_ne!(cid_key(&a, "agent"), cid_key(&a, "coordinator"));
         // Neither is the secret itself.
         assert_ne!(&derive(&a, b"x").as_ref()[..32], &a.seed()[..]);
     }

@@ -89,6 +89,9 @@ impl NodeNet {
                 seed: options.seed,
                 // What it accepts comes through this path socket (see `endpoint::Mtu::Peer`).
                 accepts_peers: true,
+                // An agent's one endpoint: its restarts reset stale connections (a client's
+                // keys stay random).
+                restart_keys: (!options.accept_alpns.is_empty()).then_some("agent"),
                 ..EndpointOptions::default()
             },
         )?;

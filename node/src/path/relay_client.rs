@@ -136,20 +136,21 @@ impl RelayClient {
     }
 }
 
-/// The UDP payload size relay connections start with: a peer's largest first packet (a
-/// 1,200-byte QUIC Initial) plus [`RELAY_FRAMING`] plus the relay connection's own QUIC
-/// overhead (a short header, a DATAGRAM frame header and the AEAD tag, under 40 bytes) fits
-/// from the first packet, while staying far below a 1,500-byte Ethernet MTU.
-pub const RELAY_INITIAL_MTU: u16 = 1300;
+/// The UDP payload size relay connections start with and never go below: a peer's largest
+/// packet ([`PEER_MTU`](crate::endpoint::PEER_MTU)) plus [`RELAY_FRAMING`] plus
+/// [`RELAY_QUIC_OVERHEAD`] fits from the first packet, while staying well below a 1,500-byte
+/// Ethernet MTU. (A path that cannot carry it cannot relay full-size peer packets over UDP.)
+pub const RELAY_INITIAL_MTU: u16 = 1320;
 
-/// Bytes a `Send` or `Deliver` frame adds around a packet: the frame header (7), the key (32)
-/// and the packet's length (at most 3 as a varint), rounded up.
-pub const RELAY_FRAMING: usize = 48;
+/// Bytes a `Send` or `Deliver` frame adds around a packet, at worst: the frame header (7), the
+/// variant (1), the key (32), the instances (an optional and a plain u64: at most 11 + 10 as
+/// varints) and the packet's length (at most 3), rounded up.
+pub const RELAY_FRAMING: usize = 64;
 
-/// What a relay connection's own QUIC packet adds around a datagram: a short header (1), the
-/// destination connection ID (quinn's 8), the packet number (at most 4), the DATAGRAM frame's
-/// type and length (3) and the AEAD tag (16).
-pub const RELAY_QUIC_OVERHEAD: usize = 32;
+/// What a relay connection's own QUIC packet adds around a datagram, as quinn reckons it
+/// (conservatively: a short header, a connection ID of up to 20 bytes, a 4-byte packet
+/// number, the DATAGRAM frame's type and length and the AEAD tag).
+pub const RELAY_QUIC_OVERHEAD: usize = 56;
 
 // Every packet between peers fits one relay datagram from a relay connection's first packet
 // on: a path change to the relay never meets a packet too big for it.

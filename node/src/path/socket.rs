@@ -41,6 +41,15 @@ const MAX_PEERS: usize = 4096;
 /// A peer neither heard from nor sent to for this long is forgotten (its connections, which
 /// send keep-alives every 2 s, are long gone).
 const PEER_IDLE: Duration = Duration::from_secs(600);
+/// A peer with QUIC traffic this recent carries a live connection and is never evicted to
+/// make room (keep-alives come every 2 s): probes alone cannot push a session out.
+const QUIC_LIVE: Duration = Duration::from_secs(30);
+/// Most processes of one key tracked at once (a device runs a few `mesh exec` together); a
+/// key cannot fill the table by inventing instances.
+const MAX_INSTANCES_PER_KEY: usize = 8;
+/// Probes handled in one receive call before yielding: signature checks must not starve the
+/// endpoint's driver.
+const PROBES_PER_POLL: usize = 64;
 
 /// What the socket counted.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -80,6 +89,8 @@ struct Peer {
     instance: Option<u64>,
     /// When a packet last went to or came from it.
     last_active: Instant,
+    /// When a QUIC packet (not a probe) last went to or came from it.
+    quic_at: Option<Instant>,
     /// QUIC bytes sent to it straight.
     direct_bytes: u64,
     /// QUIC bytes sent to it through the relay.
@@ -92,6 +103,7 @@ impl Peer {
             paths: PeerPaths::default(),
             instance: None,
             last_active: now,
+            quic_at: None,
             direct_bytes: 0,
             relay_bytes: 0,
         }
@@ -101,7 +113,7 @@ impl Peer {
 impl Inner {
     /// The entry for `key`'s process `instance`: its own, else the key's entry without an
     /// instance (a host this client dialed), which learns it, else a new one.
-    fn resolve(&mut self, key: NodeId, instance: u64) -> PeerId {
+    fn resolve(&mut self, key: NodeId, instance: u64) -> Option<PeerId> {
         let exact = PeerId {
             key,
             instance: Some(instance),
@@ -122,28 +134,51 @@ impl Inner {
         };
         let has_relay = self.relay.is_some();
         let now = Instant::now();
-        let peer = self.entry(id, now);
+        let peer = self.entry(id, now, false)?;
         peer.instance.get_or_insert(instance);
         peer.paths.set_relay(has_relay);
         peer.last_active = now;
         self.mapped.addr_of(id);
-        id
+        Some(id)
     }
 
-    /// `id`'s entry, made if missing; a full table first forgets its least recently active
-    /// peer.
-    fn entry(&mut self, id: PeerId, now: Instant) -> &mut Peer {
-        if !self.peers.contains_key(&id) && self.peers.len() >= MAX_PEERS {
-            let oldest = self
-                .peers
-                .iter()
-                .min_by_key(|(id, p)| (p.last_active, **id))
-                .map(|(id, _)| *id);
-            if let Some(oldest) = oldest {
-                self.forget(oldest);
+    /// `id`'s entry, made if missing. Room is made by forgetting the least recently active
+    /// entry without a live QUIC connection — of the same key when the key has
+    /// [`MAX_INSTANCES_PER_KEY`] already, else of anyone when the table is full; with no such
+    /// entry the new one is refused (`None`), unless `dialing` (our own connection, which
+    /// takes the least recently active entry's place whatever it is).
+    fn entry(&mut self, id: PeerId, now: Instant, dialing: bool) -> Option<&mut Peer> {
+        if !self.peers.contains_key(&id) {
+            let same_key = self.peers.keys().filter(|p| p.key == id.key).count();
+            if same_key >= MAX_INSTANCES_PER_KEY {
+                let victim = self.evictable(now, |p| p.key == id.key, dialing)?;
+                self.forget(victim);
+            } else if self.peers.len() >= MAX_PEERS {
+                let victim = self.evictable(now, |_| true, dialing)?;
+                self.forget(victim);
             }
         }
-        self.peers.entry(id).or_insert_with(|| Peer::new(now))
+        Some(self.peers.entry(id).or_insert_with(|| Peer::new(now)))
+    }
+
+    /// The least recently active entry among those `among` picks, skipping live QUIC
+    /// connections unless `anyone`.
+    fn evictable(
+        &self,
+        now: Instant,
+        among: impl Fn(&PeerId) -> bool,
+        anyone: bool,
+    ) -> Option<PeerId> {
+        self.peers
+            .iter()
+            .filter(|(id, _)| among(id))
+            .filter(|(_, p)| {
+                anyone
+                    || p.quic_at
+                        .is_none_or(|at| now.saturating_duration_since(at) >= QUIC_LIVE)
+            })
+            .min_by_key(|(id, p)| (p.last_active, **id))
+            .map(|(id, _)| *id)
     }
 
     /// Drops every trace of `id`: its paths, its addresses' ownership, its mapped address.
@@ -164,6 +199,10 @@ impl Inner {
         for id in idle {
             self.forget(id);
         }
+        // Addresses whose candidate expired belong to no one any more.
+        let peers = &self.peers;
+        self.owners
+            .retain(|addr, id| peers.get(id).is_some_and(|p| p.paths.has_candidate(*addr)));
     }
 
     /// The first entry of `key` (the dialed one if any), for reports.
@@ -306,7 +345,10 @@ impl PathSocket {
         };
         let mut inner = self.lock();
         let has_relay = inner.relay.is_some();
-        let entry = inner.entry(id, now);
+        let Some(entry) = inner.entry(id, now, true) else {
+            // Unreachable: a dialing entry always finds a place.
+            return inner.mapped.addr_of(id);
+        };
         entry.last_active = now;
         entry.paths.set_relay(has_relay);
         for addr in candidates {
@@ -465,14 +507,24 @@ impl PathSocket {
                 return;
             }
         };
+        let Some(id) = inner.resolve(probe.sender, probe.sender_instance) else {
+            *inner
+                .counters
+                .probes_refused
+                .entry("peer table full".into())
+                .or_default() += 1;
+            return;
+        };
         inner.counters.probes_accepted += 1;
-        let id = inner.resolve(probe.sender, probe.sender_instance);
         let reply = match probe.kind {
             ProbeKind::Ping => {
                 if let Some(peer) = inner.peers.get_mut(&id) {
                     peer.paths.ping_received(from, now);
                 }
-                inner.owners.insert(from, id);
+                // Packets from there are shown as this peer's only if no one owns the address
+                // yet: an unconfirmed ping (its source may be spoofed) never takes an address
+                // from another peer. A pong to our own ping there does (below).
+                inner.owners.entry(from).or_insert(id);
                 Some(Probe {
                     kind: ProbeKind::Pong { echo: probe.nonce },
                     sender: me,
@@ -514,7 +566,13 @@ impl PathSocket {
             return;
         }
         let mut inner = self.lock();
-        let id = inner.resolve(from, from_instance);
+        let Some(id) = inner.resolve(from, from_instance) else {
+            inner.counters.no_path += 1;
+            return;
+        };
+        if let Some(peer) = inner.peers.get_mut(&id) {
+            peer.quic_at = Some(Instant::now());
+        }
         let addr = inner.mapped.addr_of(id);
         if inner.relay_inbox.len() < RELAY_INBOX {
             inner.relay_inbox.push_back((packet, addr));
@@ -568,6 +626,7 @@ impl DatagramSocket for PathSocket {
         let (path, instance) = match inner.peers.get_mut(&id) {
             Some(peer) => {
                 peer.last_active = now;
+                peer.quic_at = Some(now);
                 let path = peer.paths.choose(now);
                 match path {
                     Path::Direct(_) | Path::Guess(_) => peer.direct_bytes += len,
@@ -625,7 +684,7 @@ impl DatagramSocket for PathSocket {
             }
             inner.recv_waker = Some(cx.waker().clone());
         }
-        loop {
+        for _ in 0..PROBES_PER_POLL {
             let (len, from) = match self.udp.poll_recv_from(cx, buf) {
                 Poll::Ready(Ok(got)) => got,
                 other => return other,
@@ -638,7 +697,9 @@ impl DatagramSocket for PathSocket {
                 let mut inner = self.lock();
                 let owner = inner.owners.get(&from).copied();
                 if let Some(peer) = owner.and_then(|id| inner.peers.get_mut(&id)) {
-                    peer.last_active = Instant::now();
+                    let now = Instant::now();
+                    peer.last_active = now;
+                    peer.quic_at = Some(now);
                 }
                 owner
                     .and_then(|peer| inner.mapped.known_addr_of(peer))
@@ -646,6 +707,9 @@ impl DatagramSocket for PathSocket {
             };
             return Poll::Ready(Ok((len, shown)));
         }
+        // A burst of probes: let the endpoint's driver run, and come back for the rest.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -707,5 +771,61 @@ mod tests {
         assert!(inner.peers.is_empty());
         assert!(inner.owners.is_empty());
         assert_eq!(inner.mapped.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_pings_cannot_push_out_a_live_connection_or_invent_instances() {
+        let me = SecretKey::from_seed(&[9; 32]);
+        let udp = Arc::new(UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap());
+        let socket = PathSocket::new(me.clone(), udp, Arc::new(SystemClock));
+        // A host we talk to: QUIC goes to it through the path socket.
+        let host = SecretKey::from_seed(&[7; 32]).node_id();
+        let mapped = socket.peer_addr(host, &["127.0.0.1:9".parse().unwrap()]);
+        // Whether the OS takes it now does not matter: the socket counted it as QUIC.
+        let _ = socket.try_send_to(&[0x40; 40], mapped);
+        let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let total = u32::try_from(MAX_PEERS).unwrap() + 100;
+        for n in 0..total {
+            socket.on_probe(&ping_from(n, me.node_id()), from);
+            tokio::time::advance(Duration::from_micros(10)).await;
+        }
+        {
+            let inner = socket.lock();
+            assert!(
+                inner.peers.keys().any(|id| id.key == host),
+                "the live connection's peer was evicted"
+            );
+            assert_eq!(inner.mapped.peer_of(mapped).map(|p| p.key), Some(host));
+            assert_eq!(inner.peers.len(), MAX_PEERS);
+            assert_eq!(
+                inner.owners.get(&from).map(|id| id.key),
+                Some(host),
+                "an unconfirmed ping took the host's address"
+            );
+        }
+        // One key inventing instances keeps at most MAX_INSTANCES_PER_KEY entries.
+        let mallory = SecretKey::from_seed(&[66; 32]);
+        for instance in 0..50u64 {
+            let mut nonce = [1u8; 16];
+            nonce[..8].copy_from_slice(&instance.to_le_bytes());
+            let ping = Probe {
+                kind: ProbeKind::Ping,
+                sender: mallory.node_id(),
+                sender_instance: instance,
+                receiver: me.node_id(),
+                nonce,
+                sent_at: Clock::now(&SystemClock),
+                observed: None,
+            }
+            .seal(&mallory);
+            socket.on_probe(&ping, from);
+        }
+        let inner = socket.lock();
+        let of_mallory = inner
+            .peers
+            .keys()
+            .filter(|id| id.key == mallory.node_id())
+            .count();
+        assert_eq!(of_mallory, MAX_INSTANCES_PER_KEY);
     }
 }

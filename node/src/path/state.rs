@@ -29,6 +29,10 @@ pub const PATH_TRUST: Duration = Duration::from_millis(12_500);
 pub const CANDIDATE_EXPIRY: Duration = Duration::from_secs(60);
 /// Most candidates kept per peer.
 pub const MAX_CANDIDATES: usize = 16;
+/// Unanswered pings to a peer-reflexive candidate before it is left alone.
+pub const REFLEXIVE_TRIES: u64 = 3;
+/// Quick pings to an unconfirmed candidate before it is only retried every [`PING_CONFIRMED`].
+pub const QUICK_TRIES: u64 = 6;
 /// Pings awaiting a pong, per candidate; older ones are forgotten.
 const MAX_OUTSTANDING: usize = 8;
 /// Another confirmed direct path replaces the current one only if its round trip is shorter
@@ -102,6 +106,22 @@ impl Candidate {
     fn confirmed(&self, now: Instant) -> bool {
         self.last_pong
             .is_some_and(|pong| now.saturating_duration_since(pong) < PATH_TRUST)
+    }
+
+    /// How often to ping it at `now`, `None` for never again: a confirmed path gets
+    /// heartbeats; an unconfirmed one a few quick pings, then a slow retry (a listed address
+    /// may open later) — except a peer-reflexive one, which only its peer's ping vouched for
+    /// (its source may be spoofed) and gets no more than [`REFLEXIVE_TRIES`] unanswered pings.
+    fn ping_every(&self, now: Instant) -> Option<Duration> {
+        if self.confirmed(now) {
+            return Some(PING_CONFIRMED);
+        }
+        let unanswered = self.last_pong.is_none();
+        match self.source {
+            Source::PeerReflexive if unanswered && self.pings >= REFLEXIVE_TRIES => None,
+            _ if self.pings >= QUICK_TRIES => Some(PING_CONFIRMED),
+            _ => Some(PING_UNCONFIRMED),
+        }
     }
 }
 
@@ -188,13 +208,10 @@ impl PeerPaths {
             .candidates
             .iter()
             .filter(|(_, c)| {
-                let every = if c.confirmed(now) {
-                    PING_CONFIRMED
-                } else {
-                    PING_UNCONFIRMED
-                };
-                c.last_ping
-                    .is_none_or(|last| now.saturating_duration_since(last) >= every)
+                c.ping_every(now).is_some_and(|every| {
+                    c.last_ping
+                        .is_none_or(|last| now.saturating_duration_since(last) >= every)
+                })
             })
             .map(|(addr, _)| *addr)
             .collect();
@@ -207,13 +224,9 @@ impl PeerPaths {
     pub fn next_ping(&self, now: Instant) -> Option<Instant> {
         self.candidates
             .values()
-            .map(|c| {
-                let every = if c.confirmed(now) {
-                    PING_CONFIRMED
-                } else {
-                    PING_UNCONFIRMED
-                };
-                c.last_ping.map_or(now, |last| last + every)
+            .filter_map(|c| {
+                let every = c.ping_every(now)?;
+                Some(c.last_ping.map_or(now, |last| last + every))
             })
             .min()
     }
@@ -289,6 +302,11 @@ impl PeerPaths {
             .collect();
         all.sort_unstable_by_key(|c| c.addr);
         all
+    }
+
+    /// Whether `addr` is a candidate.
+    pub fn has_candidate(&self, addr: SocketAddr) -> bool {
+        self.candidates.contains_key(&addr)
     }
 
     /// The round trip measured on `addr`, if it is confirmed.
