@@ -62,6 +62,11 @@ const HEADER_LEN: usize = 2;
 /// one each, and a long burst still reaches the stream in pieces. Small, since a server may
 /// hold [`MAX_STREAMS`] of these buffers.
 const WRITE_BATCH: usize = 16 * 1024;
+/// A stream with nothing read for this long is closed (QUIC keep-alives come every 2 s).
+pub const STREAM_IDLE: Duration = Duration::from_secs(30);
+/// Most live streams from one IP address (a whole office may sit behind one NAT; one source
+/// must not take every slot).
+pub const MAX_STREAMS_PER_SOURCE: usize = 256;
 /// Read buffer of a stream, so that small frames do not cost a read each.
 const READ_BUFFER: usize = 8 * 1024;
 /// How long a stream that ends may take to tell its peer (a TLS close_notify, a TCP FIN);
@@ -209,10 +214,18 @@ async fn run_stream(
     let result = {
         let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
         let reading = async {
-            while let Some(datagram) = read_frame(&mut reader).await? {
-                deliver(datagram);
+            // QUIC over the stream sends keep-alives every 2 s: a stream silent for much
+            // longer has a peer that is gone without a word (or never meant to speak), and
+            // holds a slot for nothing.
+            loop {
+                let frame = tokio::time::timeout(STREAM_IDLE, read_frame(&mut reader))
+                    .await
+                    .map_err(|_| Error::Stream("the stream was silent too long".into()))??;
+                match frame {
+                    Some(datagram) => deliver(datagram),
+                    None => return Ok(()),
+                }
             }
-            Ok(())
         };
         tokio::select! {
             biased;
@@ -486,6 +499,14 @@ impl StreamServerSocket {
             let mut links = lock_links(&self.links);
             if links.len() >= MAX_STREAMS {
                 tracing::debug!(%real_peer, "{MAX_STREAMS} streams live; stream closed");
+                return None;
+            }
+            let from_there = links
+                .values()
+                .filter(|l| l.real_peer.ip() == real_peer.ip())
+                .count();
+            if from_there >= MAX_STREAMS_PER_SOURCE {
+                tracing::debug!(%real_peer, "too many streams from this address; closed");
                 return None;
             }
             let synthetic = next_synthetic();
@@ -893,8 +914,36 @@ mod tests {
     #[tokio::test]
     async fn a_stream_beyond_the_cap_is_closed_at_once() {
         let server = StreamServerSocket::new(addr("[::]:443"));
+        // Each from its own address, so only the overall cap applies.
+        let from = |i: usize| {
+            SocketAddr::from((
+                [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
+                1,
+            ))
+        };
         let mut fars = Vec::new();
         for i in 0..MAX_STREAMS {
+            let (near, far) = duplex(64);
+            fars.push(far);
+            assert!(server.add(Box::new(near), from(i)).is_some(), "{i}");
+        }
+        let (near, mut refused) = duplex(64);
+        assert_eq!(server.add(Box::new(near), from(MAX_STREAMS)), None);
+        assert_ends(&mut refused).await;
+        assert_eq!(server.live_streams(), MAX_STREAMS);
+
+        // Room again once a stream has ended.
+        fars.pop();
+        wait_live(&server, MAX_STREAMS - 1).await;
+        let (near, _far) = duplex(64);
+        assert!(server.add(Box::new(near), from(MAX_STREAMS + 1)).is_some());
+    }
+
+    #[tokio::test]
+    async fn one_address_cannot_take_every_slot() {
+        let server = StreamServerSocket::new(addr("[::]:443"));
+        let mut fars = Vec::new();
+        for i in 0..MAX_STREAMS_PER_SOURCE {
             let (near, far) = duplex(64);
             fars.push(far);
             assert!(
@@ -903,15 +952,21 @@ mod tests {
             );
         }
         let (near, mut refused) = duplex(64);
-        assert_eq!(server.add(Box::new(near), addr("198.51.100.1:1")), None);
+        assert_eq!(server.add(Box::new(near), addr("198.51.100.1:2")), None);
         assert_ends(&mut refused).await;
-        assert_eq!(server.live_streams(), MAX_STREAMS);
-
-        // Room again once a stream has ended.
-        fars.pop();
-        wait_live(&server, MAX_STREAMS - 1).await;
+        // Another address still gets in.
         let (near, _far) = duplex(64);
-        assert!(server.add(Box::new(near), addr("198.51.100.1:1")).is_some());
+        assert!(server.add(Box::new(near), addr("198.51.100.2:1")).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_stream_is_closed() {
+        let server = StreamServerSocket::new(addr("[::]:443"));
+        let (near, mut far) = duplex(64);
+        server.add(Box::new(near), addr("198.51.100.1:1")).unwrap();
+        tokio::time::sleep(STREAM_IDLE + Duration::from_secs(1)).await;
+        assert_ends(&mut far).await;
+        wait_live(&server, 0).await;
     }
 
     #[tokio::test]
