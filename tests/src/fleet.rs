@@ -57,10 +57,18 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Spawns `command` and waits until its stderr has a line containing `ready`.
+    /// Spawns `command` and waits until its stderr has a line containing `ready`. It logs at
+    /// `RUST_LOG=info` unless `command` sets a `RUST_LOG` of its own, without terminal colors
+    /// (which would split `field=value` in the log).
     pub fn spawn(mut command: Command, ready: &str) -> Self {
+        let own_level = command
+            .get_envs()
+            .any(|(name, value)| name == "RUST_LOG" && value.is_some());
+        if !own_level {
+            command.env("RUST_LOG", "info");
+        }
         let mut child = command
-            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -6,6 +6,8 @@
 //!   path exists, yet `mesh exec` works, through the relay, and `mesh path` says so.
 //! - The positive control: a host behind a full-cone NAT, a public client: `mesh path` says
 //!   direct, at the NAT's external address and the agent's port.
+//! - The same NATs with a standalone relay (`mesh relay`) on a public host of its own: the
+//!   coordinator names it, agent and client move there, and `mesh exec` goes through it.
 //! - A client whose router drops all UDP (`block_udp`): `mesh login`, `mesh hosts` and
 //!   `mesh exec` work over TLS-over-TCP to the coordinator and its relay. The router's drop
 //!   counter grows at each step (each dial tried UDP first) and, during a session, the laptop
@@ -33,6 +35,8 @@ use tempfile::TempDir;
 const COORDINATOR_PORT: u16 = 7400;
 /// The port every agent listens on (`config.toml`'s `listen`).
 const AGENT_PORT: u16 = 7422;
+/// The port a standalone relay listens on (`mesh relay`'s default).
+const RELAY_PORT: u16 = 7401;
 /// How long any one `mesh` command may run before it is killed and the test fails.
 const COMMAND_LIMIT: Duration = Duration::from_secs(30);
 
@@ -48,6 +52,31 @@ kind = "symmetric-random"
 
 [[host]]
 name = "hub"
+
+[[host]]
+name = "edge"
+behind = "site"
+
+[[host]]
+name = "laptop"
+behind = "home"
+"#;
+
+/// The relay case with a standalone relay on a public host of its own.
+const STANDALONE_RELAY_TOPOLOGY: &str = r#"
+[[nat]]
+name = "site"
+kind = "symmetric-random"
+
+[[nat]]
+name = "home"
+kind = "symmetric-random"
+
+[[host]]
+name = "hub"
+
+[[host]]
+name = "relay"
 
 [[host]]
 name = "edge"
@@ -292,6 +321,36 @@ impl LabMesh {
         ));
     }
 
+    /// Invites relay `name`, enrolls it on lab host `host` (home `name`) and starts it there on
+    /// [`RELAY_PORT`], its relay server logging each peer that connects; returns once it has
+    /// its first allowed keys.
+    fn add_relay(&mut self, host: &str, name: &str) {
+        let out = self.run(
+            self.admin_host,
+            "admin",
+            &["invite", "relay", "--name", name],
+            None,
+        );
+        let token = text(&out.stdout).trim().to_owned();
+        std::fs::create_dir_all(self.home(name)).unwrap();
+        self.run(host, name, &["relay", "join", "-"], Some(&token));
+        let mut relay = self.command(host, name, &["relay"]);
+        relay.env("RUST_LOG", "info,mesh_coordinator::relay=debug");
+        self.daemons.push((
+            format!("relay {name}"),
+            Daemon::spawn(relay, "connected to the coordinator"),
+        ));
+    }
+
+    /// The stderr of the daemon called `name` so far.
+    fn daemon_log(&self, name: &str) -> String {
+        self.daemons
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, daemon)| daemon.log())
+            .unwrap_or_else(|| panic!("no daemon {name}"))
+    }
+
     /// Every daemon's stderr so far, for failure messages.
     fn daemon_logs(&self) -> String {
         self.daemons
@@ -379,6 +438,121 @@ fn namespace_exec_works_through_the_relay_between_two_symmetric_nats_and_path_sa
         "lab, coordinator and agent ready in {ready:?}; exec through the relay took \
          {exec_took:?}; whole test {:?}",
         started.elapsed()
+    );
+}
+
+/// The node id of the key in `home`.
+fn key_in(home: &std::path::Path) -> String {
+    mesh_node::keyfile::read_secret_key(&home.join("key"))
+        .unwrap()
+        .node_id()
+        .to_string()
+}
+
+/// Polls `done` until it holds, at most [`COMMAND_LIMIT`]; panics with `context()` otherwise.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool, context: impl Fn() -> String) {
+    let deadline = Instant::now() + COMMAND_LIMIT;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {COMMAND_LIMIT:?}\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn namespace_exec_between_two_symmetric_nats_goes_through_the_standalone_relay_the_coordinator_names()
+ {
+    if lab_unsupported() {
+        return;
+    }
+    let started = Instant::now();
+    let mut mesh = LabMesh::start(STANDALONE_RELAY_TOPOLOGY, "laptop");
+    mesh.add_host("edge");
+    mesh.add_relay("relay", "relay-eu");
+    let ready = started.elapsed();
+    let relay_addr = format!("{}:{RELAY_PORT}", mesh.lab.host_ip("relay").unwrap());
+    let relay_key = key_in(&mesh.home("relay-eu"));
+    let coordinator_key = key_in(&mesh.home("hub"));
+    assert_ne!(relay_key, coordinator_key);
+    let connected = |home: &str| {
+        format!(
+            "relay peer connected peer={}",
+            key_in(&mesh.home(home))
+                .parse::<mesh_proto::NodeId>()
+                .unwrap()
+                .short()
+        )
+    };
+
+    // The agent is told to use the standalone relay and connects there.
+    wait_until(
+        "the agent connects to the standalone relay",
+        || {
+            mesh.daemon_log("relay relay-eu")
+                .contains(&connected("edge"))
+        },
+        || mesh.daemon_logs(),
+    );
+    assert!(
+        mesh.daemon_log("agent edge")
+            .lines()
+            .any(|l| l.contains("the coordinator names another relay") && l.contains("relay-eu")),
+        "{}",
+        mesh.daemon_logs()
+    );
+
+    let exec_started = Instant::now();
+    let out = mesh.admin(&["exec", "edge", "--login", "root", "--", "echo", "hello"]);
+    let exec_took = exec_started.elapsed();
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).as_str()),
+        (Some(0), "hello\n"),
+        "mesh exec edge\nstderr:\n{}\n{}",
+        text(&out.stderr),
+        mesh.daemon_logs()
+    );
+    // The client followed too: its key connected to the standalone relay.
+    assert!(
+        mesh.daemon_log("relay relay-eu")
+            .contains(&connected("admin")),
+        "{}",
+        mesh.daemon_logs()
+    );
+
+    let report = mesh.admin_json(&["path", "edge", "--json"]);
+    eprintln!("mesh path edge --json: {report:#}");
+    let context = || format!("{report:#}\n{}", mesh.daemon_logs());
+    assert_eq!(report["path"], "relay", "{}", context());
+    assert_eq!(report["remote_addr"], relay_addr.as_str(), "{}", context());
+    assert_eq!(
+        report["relay"]["addr"],
+        relay_addr.as_str(),
+        "{}",
+        context()
+    );
+    assert_eq!(
+        report["relay"]["node_id"],
+        relay_key.as_str(),
+        "{}",
+        context()
+    );
+    assert!(
+        report["bytes_sent"]["relay"].as_u64().unwrap() > 0,
+        "{}",
+        context()
+    );
+    for candidate in report["candidates"].as_array().unwrap() {
+        assert_eq!(candidate["confirmed"], false, "{}", context());
+    }
+
+    eprintln!(
+        "lab, coordinator, agent and relay ready in {ready:?}; exec through the standalone relay \
+         took {exec_took:?}; whole test {:?}\n{}",
+        started.elapsed(),
+        mesh.daemon_logs()
     );
 }
 
