@@ -997,7 +997,15 @@ impl<S: Store> Coordinator<S> {
                 if closed > 0 {
                     tracing::info!(closed, "relay connections of keys no longer allowed closed");
                 }
-                self.allowed.send_replace(Arc::new(keys));
+                // Only a real change goes out to the relays.
+                self.allowed.send_if_modified(|current| {
+                    if **current == keys {
+                        false
+                    } else {
+                        *current = Arc::new(keys);
+                        true
+                    }
+                });
             }
             Err(e) => tracing::warn!("cannot list the keys allowed to use relays: {e}"),
         }

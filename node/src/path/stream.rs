@@ -915,12 +915,7 @@ mod tests {
     async fn a_stream_beyond_the_cap_is_closed_at_once() {
         let server = StreamServerSocket::new(addr("[::]:443"));
         // Each from its own address, so only the overall cap applies.
-        let from = |i: usize| {
-            SocketAddr::from((
-                [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
-                1,
-            ))
-        };
+        let from = |i: usize| SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 1));
         let mut fars = Vec::new();
         for i in 0..MAX_STREAMS {
             let (near, far) = duplex(64);
