@@ -6,10 +6,12 @@
 //! side; two endpoint-independent mappings; an endpoint-dependent side against an
 //! endpoint-independent one, by birthday probing or, for a sequential allocator, prediction;
 //! two sequential allocators, predicted; a shared LAN), `relay` otherwise (two endpoint-
-//! dependent mappings of which one is random; UDP blocked on either side). Observed values fall
-//! short of that until the relay and hole punching exist: a client today reaches a host only at
-//! an address the host lists (its LAN address, or the mapping its NAT made toward the
-//! coordinator), and `failed` is what the matrix shows where that is not enough.
+//! dependent mappings of which one is random; UDP blocked on either side). Each pair opens an
+//! interactive shell (as `mesh shell` does) and types a line; a pair counts as connected only if
+//! the shell answers it. Observed values fall short of the expectation until hole punching
+//! exists: a direct path today is only to an address the host lists (its LAN address, or the
+//! mapping its NAT made toward the coordinator); everything else goes through the relay (over
+//! TCP when UDP is blocked), and `failed` would mean no session at all.
 
 use serde::Serialize;
 
@@ -208,13 +210,18 @@ pub fn scenario(a: Site, b: Site) -> Scenario {
                 name: "pair".into(),
                 client: "client".into(),
                 host: "host".into(),
-                command: "echo hello".into(),
+                // An interactive shell, as `mesh shell` opens, with a line typed into it.
+                command: String::new(),
                 stdin_bytes: 0,
+                input: Some(format!("echo {TYPED}\nexit\n")),
             },
         }],
         expectations: Vec::new(),
     }
 }
+
+/// What each pair's shell is asked to echo: its answer proves the session carried both ways.
+const TYPED: &str = "hello-through-the-mesh";
 
 /// Every pair: each ordered pair of [`Site::PAIRED`], then the shared LAN.
 pub fn pairs() -> Vec<(Site, Site)> {
@@ -231,7 +238,8 @@ pub fn run_pair(a: Site, b: Site) -> Row {
     let (observed, time_to_direct_ms, outcome) = match scenario(a, b).run(SEED) {
         Ok(report) => match report.connections.first() {
             Some(c) => {
-                let observed = if c.outcome == "exit 0" {
+                let answered = c.output.windows(TYPED.len()).any(|w| w == TYPED.as_bytes());
+                let observed = if c.outcome == "exit 0" && answered {
                     c.path.clone()
                 } else {
                     "failed".to_owned()

@@ -32,7 +32,7 @@ use mesh_node::session::client::{SessionInput, SessionOutcome, SessionRequest, o
 use mesh_node::session::fake_shell::FakeShellBackend;
 use mesh_node::session::host::LoginPolicy;
 use mesh_proto::messages::control::{ControlMessage, SessionGrantRequest};
-use mesh_proto::messages::session::LoginRequest;
+use mesh_proto::messages::session::{LoginRequest, PtyRequest, WindowSize};
 use mesh_proto::messages::{RELAY_ALPN, SESSION_ALPN};
 use mesh_proto::socket::DatagramSocket;
 use mesh_proto::token::TokenKind;
@@ -719,6 +719,8 @@ impl Client {
         started: Instant,
         report: &mut ExecReport,
     ) -> Result<(), String> {
+        // No command: an interactive shell, as `mesh shell` opens.
+        let shell = command.is_empty();
         let device = &self.device;
         let primary = self
             .world
@@ -759,7 +761,7 @@ impl Client {
         let ask = ControlMessage::GrantRequest(SessionGrantRequest {
             host: host.to_owned(),
             login: Some(LOGIN.to_owned()),
-            command: true,
+            command: !shell,
         });
         // As `mesh exec` does: which relay to use, asked beside the grant.
         let (reply, relay) = tokio::join!(
@@ -792,8 +794,12 @@ impl Client {
             SessionRequest {
                 grant: granted.grant,
                 login: LoginRequest::Named(LOGIN.to_owned()),
-                command: Some(command.to_owned()),
-                pty: None,
+                command: (!shell).then(|| command.to_owned()),
+                // A shell gets a terminal, as `mesh shell` asks for one.
+                pty: shell.then(|| PtyRequest {
+                    term: "xterm-256color".into(),
+                    size: WindowSize { cols: 80, rows: 24 },
+                }),
                 env: Vec::new(),
             },
         )

@@ -123,12 +123,16 @@ pub enum ActionKind {
         client: String,
         /// The target host.
         host: String,
-        /// The command (the fake shell knows echo, cat, seq, sleep, exit).
+        /// The command (the fake shell knows echo, cat, seq, ticks, sleep, exit); `""` opens
+        /// an interactive shell with a terminal, as `mesh shell` does.
         #[serde(default = "default_command")]
         command: String,
         /// Bytes of numbered lines fed to stdin.
         #[serde(default)]
         stdin_bytes: usize,
+        /// Text fed to stdin instead (the lines typed into a shell).
+        #[serde(default)]
+        input: Option<String>,
     },
     /// Takes a host's or a NAT's link down.
     Partition {
@@ -187,6 +191,8 @@ pub struct Expectation {
     pub direct_within: Option<String>,
     /// Its output equals what was sent (for `cat`) or is present.
     pub intact: Option<bool>,
+    /// Its output contains this text.
+    pub output_contains: Option<String>,
 }
 
 /// One line of the timeline.
@@ -227,6 +233,9 @@ pub struct ConnectionReport {
     pub outcome: String,
     /// Whether the output was what it should be.
     pub intact: bool,
+    /// The output itself (for expectations; not in the report).
+    #[serde(skip)]
+    pub output: Vec<u8>,
 }
 
 /// An expectation's verdict.
@@ -440,9 +449,17 @@ impl Scenario {
                     host,
                     command,
                     stdin_bytes,
+                    input,
                 } => {
-                    log(format!("{name}: {client} runs `{command}` on {host}"));
-                    let stdin = numbered_stream(*stdin_bytes);
+                    if command.is_empty() {
+                        log(format!("{name}: {client} opens a shell on {host}"));
+                    } else {
+                        log(format!("{name}: {client} runs `{command}` on {host}"));
+                    }
+                    let stdin = match input {
+                        Some(text) => text.clone().into_bytes(),
+                        None => numbered_stream(*stdin_bytes),
+                    };
                     let expected = expected_output(command, &stdin);
                     let device = mesh.lock().await.client(client)?;
                     let (host_name, cmd) = (host.clone(), command.clone());
@@ -504,6 +521,7 @@ impl Scenario {
                 relay_bytes: report.relay_bytes,
                 outcome: report.outcome,
                 intact,
+                output: report.stdout,
             });
         }
         mesh.lock().await.shut_down();
@@ -637,6 +655,11 @@ fn judge(expectation: &Expectation, connections: &[ConnectionReport]) -> Result<
     if let Some(intact) = expectation.intact {
         wanted.push(if intact { "intact" } else { "not intact" }.to_owned());
         ok &= c.intact == intact;
+    }
+    if let Some(text) = &expectation.output_contains {
+        wanted.push(format!("output contains {text:?}"));
+        let needle = text.as_bytes();
+        ok &= !needle.is_empty() && c.output.windows(needle.len()).any(|w| w == needle);
     }
     Ok(Verdict {
         expected: format!("{name}: {}", wanted.join(", ")),
