@@ -147,11 +147,15 @@ fn signed_message(magic_and_body: &[u8]) -> Vec<u8> {
 const NONCES_PER_SENDER: usize = 4096;
 /// Most senders remembered at once.
 const MAX_SENDERS: usize = 65_536;
+/// Most nonces remembered in all (about 6 MiB): many senders at once cannot add up to more.
+const MAX_NONCES: usize = 262_144;
 
 /// Refuses probes outside the time window and probes seen before.
 #[derive(Debug, Default)]
 pub struct ReplayGuard {
     seen: HashMap<NodeId, VecDeque<(UnixTime, [u8; 16])>>,
+    /// Nonces held, over every sender.
+    total: usize,
 }
 
 impl ReplayGuard {
@@ -163,10 +167,12 @@ impl ReplayGuard {
         if at.abs_diff(now_ms) > window {
             return Err(ProbeRejection::Stale);
         }
-        if !self.seen.contains_key(&probe.sender) && self.seen.len() >= MAX_SENDERS {
+        let full = (!self.seen.contains_key(&probe.sender) && self.seen.len() >= MAX_SENDERS)
+            || self.total >= MAX_NONCES;
+        if full {
             self.forget_before(now);
-            if self.seen.len() >= MAX_SENDERS {
-                // Full of live senders: refusing is safe (a probe only ever adds knowledge).
+            if self.seen.len() >= MAX_SENDERS || self.total >= MAX_NONCES {
+                // Full of live nonces: refusing is safe (a probe only ever adds knowledge).
                 return Err(ProbeRejection::Replayed);
             }
         }
@@ -177,6 +183,7 @@ impl ReplayGuard {
             .is_some_and(|(t, _)| t.as_millis().saturating_add(window) < now_ms)
         {
             nonces.pop_front();
+            self.total -= 1;
         }
         if nonces.iter().any(|(_, n)| *n == probe.nonce) {
             return Err(ProbeRejection::Replayed);
@@ -185,17 +192,21 @@ impl ReplayGuard {
             return Err(ProbeRejection::Replayed);
         }
         nonces.push_back((probe.sent_at.max(now), probe.nonce));
+        self.total += 1;
         Ok(())
     }
 
     /// Drops every sender whose nonces have all left the window.
     fn forget_before(&mut self, now: UnixTime) {
         let window = u64::try_from(PROBE_WINDOW.as_millis()).unwrap_or(u64::MAX);
-        self.seen.retain(|_, nonces| {
-            nonces
-                .back()
-                .is_some_and(|(t, _)| t.as_millis().saturating_add(window) >= now.as_millis())
-        });
+        let live = |t: &UnixTime| t.as_millis().saturating_add(window) >= now.as_millis();
+        for nonces in self.seen.values_mut() {
+            while nonces.front().is_some_and(|(t, _)| !live(t)) {
+                nonces.pop_front();
+            }
+        }
+        self.seen.retain(|_, nonces| !nonces.is_empty());
+        self.total = self.seen.values().map(VecDeque::len).sum();
     }
 }
 
@@ -298,5 +309,36 @@ mod tests {
             }
         }
         assert_eq!(accepted, NONCES_PER_SENDER);
+    }
+
+    #[test]
+    fn the_guard_holds_a_bounded_number_of_nonces_over_every_sender() {
+        let me = key(1).node_id();
+        let mut guard = ReplayGuard::default();
+        let per_sender = 64;
+        let senders = MAX_NONCES / per_sender;
+        for s in 0..senders {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(s as u64).to_le_bytes());
+            let sender = SecretKey::from_seed(&seed).node_id();
+            for n in 0..per_sender {
+                let mut probe = ping(&key(2), me, 0, NOW);
+                probe.sender = sender;
+                probe.nonce[..8].copy_from_slice(&(n as u64).to_le_bytes());
+                assert_eq!(guard.check(&probe, UnixTime::from_millis(NOW)), Ok(()));
+            }
+        }
+        assert_eq!(guard.total, MAX_NONCES);
+        // Full of live nonces: a new one is refused, not remembered.
+        let fresh = ping(&key(3), me, 7, NOW);
+        assert_eq!(
+            guard.check(&fresh, UnixTime::from_millis(NOW)),
+            Err(ProbeRejection::Replayed)
+        );
+        // A window later they have all expired, and there is room again.
+        let later = UnixTime::from_millis(NOW + 61_000);
+        let fresh = ping(&key(3), me, 7, NOW + 61_000);
+        assert_eq!(guard.check(&fresh, later), Ok(()));
+        assert_eq!(guard.total, 1);
     }
 }
