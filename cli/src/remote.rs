@@ -314,7 +314,9 @@ async fn connect(
     host: &str,
 ) -> Result<mesh_node::endpoint::Connection, Failure> {
     let mapped = net.socket.peer_addr(host_key, addrs);
-    net.socket.wait_for_relay(RELAY_WAIT).await;
+    if net.has_relay() {
+        net.socket.wait_for_relay(RELAY_WAIT).await;
+    }
     let listed = addrs
         .iter()
         .map(ToString::to_string)

@@ -116,6 +116,11 @@ impl NodeNet {
         })
     }
 
+    /// Whether this node keeps a relay connection at all.
+    pub fn has_relay(&self) -> bool {
+        self.relay_target.is_some()
+    }
+
     /// Moves the relay connection to `relay` (the coordinator named another): the current one
     /// is closed and the new one made at once. Returns whether anything changed; a node
     /// started without a relay ignores it.

@@ -357,7 +357,13 @@ impl PathSocket {
         for addr in candidates {
             inner.owners.insert(to_v4(*addr), id);
         }
-        inner.mapped.addr_of(id)
+        let mapped = inner.mapped.addr_of(id);
+        drop(inner);
+        // Ping new candidates now rather than at the driver's next tick: a direct path is
+        // confirmed a tick sooner, and the host hears our ping (and learns that this address
+        // is ours) before the connection's first packet, which follows on the same path.
+        self.send_due_pings();
+        mapped
     }
 
     /// Uses `relay` for peers without a direct path, and reads what it delivers.
