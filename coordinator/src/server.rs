@@ -923,6 +923,7 @@ impl<S: Store> Coordinator<S> {
             send_allowed(&mut send, &keys).await?;
             loop {
                 tokio::select! {
+                    biased;
                     changed = allowed.changed() => {
                         if changed.is_err() {
                             return Ok(());

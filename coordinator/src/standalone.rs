@@ -115,6 +115,7 @@ pub async fn run_with(
     started(relay.clone());
     let control = keep_control(parts, relay.clone(), allowed);
     tokio::select! {
+        biased;
         () = control => {}
         () = shutdown => {}
     }

@@ -174,6 +174,7 @@ async fn keep_relay(
             }),
         );
         let connected = tokio::select! {
+            biased;
             connected = connecting => connected,
             // Told to use another relay: drop this attempt and start on that one.
             changed = target.changed() => {
@@ -196,6 +197,7 @@ async fn keep_relay(
                 backoff = FIRST_BACKOFF;
                 let up_since = tokio::time::Instant::now();
                 tokio::select! {
+                    biased;
                     () = client.closed() => {}
                     // The process is done with the socket (a finished `mesh exec`, a simulated
                     // client): the relay connection goes with it.
@@ -231,6 +233,7 @@ async fn keep_relay(
         }
         let extra = backoff.mul_f64(jitter.fraction() / 2.0);
         tokio::select! {
+            biased;
             () = tokio::time::sleep(backoff + extra) => {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
