@@ -33,8 +33,8 @@ use super::state::{CandidateState, Path, PeerPaths, Source};
 
 /// Packets from the relay waiting for quinn.
 const RELAY_INBOX: usize = 1024;
-/// How often the driver looks for due pings when nothing else wakes it.
-const DRIVER_TICK: Duration = Duration::from_millis(100);
+/// The longest the driver sleeps when no ping is due: idle peers are forgotten on this beat.
+const DRIVER_IDLE: Duration = Duration::from_secs(60);
 /// Most remote processes tracked at once; beyond it the least recently active is forgotten.
 /// Any key with a valid signature can make an entry (by pinging), so the table is bounded.
 const MAX_PEERS: usize = 4096;
@@ -67,6 +67,8 @@ pub struct PathCounters {
     /// Packets the relay connection could not take (too big for a datagram, or the
     /// connection gone).
     pub relay_refused: u64,
+    /// Times the ping driver woke up (an idle node should rarely).
+    pub driver_wakeups: u64,
 }
 
 struct Inner {
@@ -232,6 +234,15 @@ pub struct PathSocket {
     dead: std::sync::atomic::AtomicBool,
     /// Nonces handed out so far.
     nonces: std::sync::atomic::AtomicU64,
+    /// Wakes the ping driver early: a new candidate may be due before its planned wake-up.
+    wake_driver: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for PathSocket {
+    fn drop(&mut self) {
+        // The driver holds only a weak reference: let it see the socket is gone.
+        self.wake_driver.notify_one();
+    }
 }
 
 impl fmt::Debug for PathSocket {
@@ -295,6 +306,7 @@ impl PathSocket {
             relay_up: tokio::sync::watch::Sender::new(false),
             dead: std::sync::atomic::AtomicBool::new(false),
             nonces: std::sync::atomic::AtomicU64::new(0),
+            wake_driver: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -359,10 +371,11 @@ impl PathSocket {
         }
         let mapped = inner.mapped.addr_of(id);
         drop(inner);
-        // Ping new candidates now rather than at the driver's next tick: a direct path is
-        // confirmed a tick sooner, and the host hears our ping (and learns that this address
-        // is ours) before the connection's first packet, which follows on the same path.
+        // Ping new candidates now rather than at the driver's next wake-up: a direct path is
+        // confirmed sooner, and the host hears our ping (and learns that this address is
+        // ours) before the connection's first packet, which follows on the same path.
         self.send_due_pings();
+        self.wake_driver.notify_one();
         mapped
     }
 
@@ -449,25 +462,34 @@ impl PathSocket {
         self.lock().counters.clone()
     }
 
-    /// Sends due pings until the socket is dropped: run as a task.
+    /// Sends due pings until the socket is dropped: run as a task. It sleeps until the next
+    /// ping falls due (or a new candidate arrives), so an idle node is left alone.
     pub async fn drive(self: Arc<Self>) {
         // Weak: the socket lives as long as its endpoint does, not as long as this task.
         let socket = Arc::downgrade(&self);
+        let wake = self.wake_driver.clone();
         drop(self);
         loop {
-            match socket.upgrade() {
+            let next = match socket.upgrade() {
                 Some(live) if !live.is_dead() => live.send_due_pings(),
                 _ => return,
+            };
+            tokio::select! {
+                biased;
+                () = wake.notified() => {}
+                () = tokio::time::sleep_until(next) => {}
             }
-            tokio::time::sleep(DRIVER_TICK).await;
         }
     }
 
-    fn send_due_pings(&self) {
+    /// Sends the pings due now; returns when the next one falls due.
+    fn send_due_pings(&self) -> Instant {
         let now = Instant::now();
         let mut pings = Vec::new();
+        let next;
         {
             let mut inner = self.lock();
+            inner.counters.driver_wakeups += 1;
             inner.forget_idle(now);
             for (id, peer) in &mut inner.peers {
                 peer.paths.expire(now);
@@ -477,6 +499,11 @@ impl PathSocket {
                     pings.push((id.key, addr, nonce));
                 }
             }
+            next = inner
+                .peers
+                .values()
+                .filter_map(|peer| peer.paths.next_ping(now))
+                .fold(now + DRIVER_IDLE, Instant::min);
         }
         // The map's order is random; the order pings go out in must not be.
         pings.sort_unstable();
@@ -493,6 +520,7 @@ impl PathSocket {
             // A failed send is a lost ping: the next one goes out on schedule.
             let _ = self.udp.try_send_to(&probe.seal(&self.key), addr);
         }
+        next
     }
 
     /// A probe arrived from `from` on the primary socket.
@@ -527,6 +555,8 @@ impl PathSocket {
                 if let Some(peer) = inner.peers.get_mut(&id) {
                     peer.paths.ping_received(from, now);
                 }
+                // A new peer-reflexive candidate wants its first ping now.
+                self.wake_driver.notify_one();
                 // Packets from there are shown as this peer's only if no one owns the address
                 // yet: an unconfirmed ping (its source may be spoofed) never takes an address
                 // from another peer. A pong to our own ping there does (below).
@@ -833,5 +863,32 @@ mod tests {
             .filter(|id| id.key == mallory.node_id())
             .count();
         assert_eq!(of_mallory, MAX_INSTANCES_PER_KEY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_driver_sleeps_until_a_ping_is_due() {
+        let me = SecretKey::from_seed(&[9; 32]);
+        let udp = Arc::new(UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap());
+        let socket = PathSocket::new(me, udp, Arc::new(SystemClock));
+        tokio::spawn(socket.clone().drive());
+        // No peers: ten idle minutes cost about one wake-up a minute.
+        for _ in 0..600 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        let idle = socket.counters().driver_wakeups;
+        assert!(idle <= 12, "{idle} wake-ups in 10 idle minutes");
+        // A listed candidate that never answers: six quick pings, then one every 5 s — not a
+        // wake-up every tick.
+        let host = SecretKey::from_seed(&[7; 32]).node_id();
+        socket.peer_addr(host, &["127.0.0.1:9".parse().unwrap()]);
+        let before = socket.counters().driver_wakeups;
+        for _ in 0..600 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        let busy = socket.counters().driver_wakeups - before;
+        assert!(
+            (10..=25).contains(&busy),
+            "{busy} wake-ups in 60 s for one silent candidate"
+        );
     }
 }
