@@ -64,6 +64,7 @@ pub(crate) fn run(home: &Path, listen: Option<SocketAddr>) -> Result<ExitCode, F
             endpoint,
             listen_addrs: vec![local],
             streams: tcp(),
+            allowed_file: Some(home.join(standalone::ALLOWED_FILE)),
         };
         standalone::run(
             parts,

@@ -5,8 +5,10 @@
 //! control stream to its coordinator: [`RelayHello`] with its addresses, then the coordinator
 //! sends the set of keys allowed to use it ([`AllowedKeys`] pages) and sends it again whenever
 //! it changes — a revoked device or a removed user drops out of the set, and its open relay
-//! connections are closed at once. Until the first set arrives (or while the coordinator cannot
-//! be reached after a restart) nobody is let in: the relay fails closed.
+//! connections are closed at once. Each set is also kept in the relay's home, so a relay that
+//! restarts while its coordinator cannot be reached still lets in the hosts and clients it
+//! served (their sessions resume), and no one else; with no set ever received, nobody is let
+//! in: the relay fails closed.
 //!
 //! Clients never trust the relay on first use: the coordinator names it, with its key, in
 //! [`UseRelay`](mesh_proto::messages::control::UseRelay), and they pin that key.
@@ -14,6 +16,7 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +32,46 @@ use mesh_proto::messages::control::{AllowedKeys as AllowedPage, ControlMessage, 
 use mesh_proto::{NodeId, SecretKey};
 
 use crate::relay::{AllowedKeys, RelayLimits, RelayServer};
+
+/// The file, in a relay's home, that keeps the last allowed set: one key per line.
+pub const ALLOWED_FILE: &str = "relay-allowed-keys";
+
+/// The set kept at `path` (empty if there is none). A damaged file is refused with the line
+/// that is wrong: the relay must not start on a set it cannot read.
+pub fn load_allowed(path: &Path) -> Result<BTreeSet<NodeId>, Error> {
+    let Some(text) = mesh_node::durable::read_if_exists(path)? else {
+        return Ok(BTreeSet::new());
+    };
+    let mut keys = BTreeSet::new();
+    for (n, line) in text.lines().enumerate() {
+        if keys.len() >= MAX_ALLOWED {
+            return Err(Error::Refused(format!(
+                "{} holds more than {MAX_ALLOWED} keys; remove it to start afresh",
+                path.display()
+            )));
+        }
+        let key = line.trim().parse::<NodeId>().map_err(|e| {
+            Error::Refused(format!(
+                "{} line {}: {e}; remove the file to start afresh (the coordinator sends \
+                 the set again)",
+                path.display(),
+                n + 1
+            ))
+        })?;
+        keys.insert(key);
+    }
+    Ok(keys)
+}
+
+/// Keeps `keys` at `path`, replacing the file whole (a crash leaves the old set or the new).
+pub fn save_allowed(path: &Path, keys: &BTreeSet<NodeId>) -> Result<(), Error> {
+    let mut text = String::with_capacity(keys.len() * 53);
+    for key in keys {
+        text.push_str(&key.to_string());
+        text.push('\n');
+    }
+    mesh_node::durable::replace_file(path, 0o600, text.as_bytes())
+}
 
 /// First wait before reconnecting to the coordinator; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -51,6 +94,8 @@ pub struct RelayParts {
     pub listen_addrs: Vec<SocketAddr>,
     /// How the control stream reaches the coordinator when UDP does not.
     pub streams: Arc<dyn StreamConnector>,
+    /// Where the last allowed set is kept between runs (none: memory only).
+    pub allowed_file: Option<PathBuf>,
 }
 
 /// Runs the relay until `shutdown` completes: relay connections on `parts.endpoint` and, with
@@ -72,6 +117,16 @@ pub async fn run_with(
 ) -> Result<(), Error> {
     let relay = RelayServer::new(RelayLimits::default());
     let allowed = Arc::new(AllowedKeys::default());
+    if let Some(path) = &parts.allowed_file {
+        let kept = load_allowed(path)?;
+        if !kept.is_empty() {
+            tracing::info!(
+                keys = kept.len(),
+                "allowed keys from the last run, until the coordinator answers"
+            );
+        }
+        allowed.replace(kept);
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|s| *s).await;
@@ -85,7 +140,7 @@ pub async fn run_with(
     if let Some(acceptor) = tcp {
         let local = parts.endpoint.local_addr().map_err(|source| Error::Io {
             what: "the relay's endpoint has no address",
-            path: std::path::PathBuf::new(),
+            path: PathBuf::new(),
             source,
         })?;
         let socket = StreamServerSocket::new(local);
@@ -170,6 +225,13 @@ async fn control_once(
                 if last {
                     let set = std::mem::take(&mut pending);
                     let count = set.len();
+                    if let Some(path) = &parts.allowed_file {
+                        // Kept for a restart without the coordinator; failing to keep it
+                        // must not stop the relay from applying it.
+                        if let Err(e) = save_allowed(path, &set) {
+                            tracing::warn!("cannot keep the allowed keys: {e}");
+                        }
+                    }
                     let closed = relay.disconnect_unless(|key| set.contains(&key));
                     allowed.replace(set);
                     if first {
@@ -184,5 +246,27 @@ async fn control_once(
             Some(other) => tracing::debug!("ignored a control message: {other:?}"),
             None => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kept_set_round_trips_and_a_damaged_file_is_refused_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(ALLOWED_FILE);
+        assert!(load_allowed(&path).unwrap().is_empty(), "no file: nobody");
+        let keys: BTreeSet<NodeId> = (1..=3u8)
+            .map(|n| SecretKey::from_seed(&[n; 32]).node_id())
+            .collect();
+        save_allowed(&path, &keys).unwrap();
+        assert_eq!(load_allowed(&path).unwrap(), keys);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("not-a-key\n");
+        std::fs::write(&path, text).unwrap();
+        let refused = load_allowed(&path).unwrap_err().to_string();
+        assert!(refused.contains("line 4"), "{refused}");
     }
 }

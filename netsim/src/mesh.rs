@@ -102,7 +102,7 @@ fn quinn_seed(seed: u64, purpose: &str) -> [u8; 32] {
     bytes
 }
 
-/// An enrolled agent: what it needs to start (again).
+/// An enrolled agent or standalone relay: what it needs to start (again).
 #[derive(Debug, Clone)]
 struct AgentSetup {
     host: usize,
@@ -199,6 +199,8 @@ pub struct Mesh {
     /// Standalone relays running, by host name: their server (for its counters) and the
     /// sender that stops them.
     relays: HashMap<String, (Arc<RelayServer>, watch::Sender<bool>)>,
+    /// Enrolled standalone relays: what a restart needs.
+    relay_setups: HashMap<String, AgentSetup>,
 }
 
 impl Mesh {
@@ -221,6 +223,7 @@ impl Mesh {
                     format!("cannot make a directory for the agents' audit spools: {e}")
                 })?,
             relays: HashMap::new(),
+            relay_setups: HashMap::new(),
         })
     }
 
@@ -357,6 +360,48 @@ impl Mesh {
         .await
         .map_err(|e| format!("relay {name} cannot enroll: {e}"))?;
         joining.close();
+        self.relay_setups.insert(
+            name.to_owned(),
+            AgentSetup {
+                host,
+                key,
+                enrollment,
+                starts: 0,
+            },
+        );
+        self.launch_relay(name).await
+    }
+
+    /// Kills the standalone relay on `name` at once, as SIGKILL would (its kept allowed keys
+    /// stay in its home, for [`restart_relay`](Self::restart_relay)).
+    pub fn kill_relay(&mut self, name: &str) -> Result<(), String> {
+        let (_, stop) = self
+            .relays
+            .remove(name)
+            .ok_or_else(|| format!("no relay runs on {name}"))?;
+        drop(stop);
+        let host = self.host_index(name)?;
+        self.world.kill_socket(host, RELAY_PORT);
+        Ok(())
+    }
+
+    /// Starts the killed relay on `name` again, with the home it had.
+    pub async fn restart_relay(&mut self, name: &str) -> Result<(), String> {
+        if self.relays.contains_key(name) {
+            return Err(format!("the relay on {name} is already running"));
+        }
+        self.launch_relay(name).await
+    }
+
+    async fn launch_relay(&mut self, name: &str) -> Result<(), String> {
+        let setup = self
+            .relay_setups
+            .get_mut(name)
+            .ok_or_else(|| format!("{name} has no enrolled relay"))?;
+        setup.starts += 1;
+        let setup = setup.clone();
+        let purpose = format!("relay {name} start {}", setup.starts);
+        let host = setup.host;
         let socket = self
             .world
             .binder(host)
@@ -364,11 +409,11 @@ impl Mesh {
             .map_err(|e| e.to_string())?;
         let local = DatagramSocket::local_addr(&*socket).map_err(|e| e.to_string())?;
         let endpoint = Endpoint::with_options(
-            key.clone(),
+            setup.key.clone(),
             socket,
             &[RELAY_ALPN],
             EndpointOptions {
-                seed: Some(quinn_seed(self.seed, &format!("relay {name}"))),
+                seed: Some(quinn_seed(self.seed, &purpose)),
                 restart_keys: Some("relay"),
                 ..endpoint_options()
             },
@@ -380,11 +425,16 @@ impl Mesh {
             .listen_stream(RELAY_PORT)
             .map_err(|e| e.to_string())?;
         let parts = RelayParts {
-            key,
-            enrollment,
+            key: setup.key,
+            enrollment: setup.enrollment,
             endpoint,
             listen_addrs: vec![local],
             streams: Arc::new(self.world.binder(host)),
+            allowed_file: Some(
+                self.spool_root
+                    .path()
+                    .join(format!("{name}-{}", standalone::ALLOWED_FILE)),
+            ),
         };
         let (stop, mut stopped) = watch::channel(false);
         let (server_tx, server_rx) = tokio::sync::oneshot::channel();

@@ -101,3 +101,47 @@ fn sessions_go_through_the_standalone_relay_the_coordinator_names() {
         mesh.shut_down();
     });
 }
+
+/// A standalone relay that restarts while its coordinator is down lets the hosts and clients
+/// it served back in, from the allowed keys it kept in its home: the relayed session carries on
+/// with its output whole. (Without the kept set it would refuse everyone until the coordinator
+/// returned, and the session would die.)
+#[test]
+fn a_relay_restarted_without_its_coordinator_lets_its_peers_back_in() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async {
+        let network = Topology::from_toml(TOPOLOGY).unwrap().resolve().unwrap();
+        let world = World::new(network, 22);
+        tokio::spawn(world.clone().drive());
+        let mut mesh = Mesh::new(world.clone(), 22).unwrap();
+        mesh.start_coordinator("hub").unwrap();
+        mesh.start_agent("edge").await.unwrap();
+        mesh.enroll_client("laptop", "admin").await.unwrap();
+        mesh.start_relay("relay-eu").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let client = mesh.client("laptop").unwrap();
+        let running = tokio::task::spawn_local(async move {
+            client.exec("edge", "ticks 80 0.1", Vec::new()).await
+        });
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        mesh.kill_coordinator().unwrap();
+        mesh.kill_relay("relay-eu").unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        mesh.restart_relay("relay-eu").await.unwrap();
+        let report = running.await.unwrap();
+        assert_eq!(report.outcome, "exit 0", "{report:?}");
+        assert_eq!(report.path, "relay", "{report:?}");
+        assert_eq!(
+            report.stdout,
+            mesh_netsim::scenario::numbered_stream(80 * 7),
+            "every line once, in order"
+        );
+        mesh.shut_down();
+    });
+}
