@@ -186,7 +186,7 @@ pub(crate) enum Command {
         /// Enroll this machine as a relay.
         #[command(subcommand)]
         command: Option<RelayCommand>,
-        /// Address to listen on (UDP and TCP; default 0.0.0.0:7401).
+        /// Address to listen on (UDP and TCP; default 0.0.0.0:7402).
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
     },

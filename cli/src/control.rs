@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use mesh_coordinator::home::{self, DEFAULT_PORT};
+use mesh_coordinator::reflector::{ReflectingSocket, Reflector, serve_check_port};
 use mesh_node::control::{ClientLink, EnrolledAs, Enrollment, connect_from_home, enroll, request};
 use mesh_node::path::dial::{TcpAcceptor, TcpConnector};
 use mesh_proto::messages::control::{
@@ -66,9 +67,32 @@ pub(crate) fn coordinator_serve(
                 "cannot listen on {listen}: {e} (is another coordinator running? use --listen)"
             ))
         })?;
+        // NAT checks: pings answered on this port and on the next (`mesh_proto::nat`).
+        let reflector = Reflector::new(key.clone(), Arc::new(SystemClock));
+        let check_addr = std::net::SocketAddr::new(
+            listen.ip(),
+            mesh_proto::nat::check_port(
+                mesh_proto::socket::DatagramSocket::local_addr(&socket)
+                    .map_or(listen.port(), |a| a.port()),
+            ),
+        );
+        match mesh_node::udp::UdpSocket::bind(check_addr) {
+            Ok(check) => {
+                tokio::spawn(serve_check_port(
+                    Arc::new(check),
+                    reflector.clone(),
+                    std::future::pending(),
+                ));
+            }
+            Err(e) => tracing::warn!(
+                "cannot listen for NAT checks on {check_addr}: {e}; nodes will not learn how \
+                 their NATs map, and hole punching through per-destination NATs is off"
+            ),
+        }
+        let socket = ReflectingSocket::new(Arc::new(socket), reflector);
         let endpoint = mesh_node::endpoint::Endpoint::with_options(
             key.clone(),
-            Arc::new(socket),
+            socket,
             mesh_coordinator::server::COORDINATOR_ALPNS,
             mesh_node::endpoint::EndpointOptions {
                 restart_keys: Some("coordinator"),
@@ -84,7 +108,11 @@ pub(crate) fn coordinator_serve(
                 "cannot listen on {local}/tcp: {e} (is another coordinator running? use --listen)"
             ))
         })?;
-        tracing::info!("mesh coordinator listening on {local} (UDP and TCP; tokens say {addr})");
+        tracing::info!(
+            "mesh coordinator listening on {local} (UDP and TCP; NAT checks on UDP {}; tokens \
+             say {addr})",
+            check_addr.port()
+        );
         coordinator
             .serve_with_streams(
                 key,
@@ -405,6 +433,8 @@ pub(crate) fn hosts(home: &Path, json_out: bool) -> Result<ExitCode, Failure> {
         for h in hosts.iter().filter(|h| h.online) {
             let ask = ControlMessage::ContactRequest(ContactRequest {
                 host: h.name.clone(),
+                // Only to show the path: no host is asked to punch.
+                punch: None,
             });
             let conn = link.conn.clone();
             asks.spawn(async move {

@@ -2,11 +2,13 @@
 //! host, measured now rather than guessed.
 //!
 //! `mesh path` asks the coordinator where the host is (its key and addresses; no grant is
-//! minted and no session opened), then does what `mesh exec` does up to the session: the path
-//! socket with a relay connection, a QUIC handshake with the host that starts on the relay at
-//! once, probes to each listed address. It waits a moment for a direct address to be confirmed
-//! by a round trip and reports the path the connection settled on, every candidate and what it
-//! answered, the relay and the bytes each path carried.
+//! minted and no session opened), then does what `mesh exec` does up to the session: the NAT
+//! check, the rendezvous (the host punches toward this device from the start time the
+//! coordinator sets, and this device toward it), the path socket with a relay connection, a
+//! QUIC handshake with the host that starts on the relay at once. It waits a moment for a
+//! direct address to be confirmed by a round trip and reports the path the connection settled
+//! on, both NATs, every candidate and what it answered, the relay, the bytes each path carried
+//! and the punch's counters (time to first byte and to direct, pings, rounds).
 //!
 //! `mesh hosts` probes the online hosts it may reach (probes only, no handshakes) for up to a
 //! second: a host whose listed address answered is `direct`, any other online host `relay`.
@@ -17,13 +19,12 @@ use std::path::Path as FsPath;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use mesh_node::control::{
-    EnrolledAs, Enrollment, connect_coordinator, follow_relay, request, session_net,
-};
+use mesh_node::control::{EnrolledAs, Enrollment, follow_relay, request, session_net};
 use mesh_node::path::dial::TcpConnector;
 use mesh_node::path::net::{NodeNet, RelayContact};
 use mesh_node::path::socket::PathInfo;
 use mesh_node::path::state::{Path, Source};
+use mesh_node::rendezvous::{connect_checking_nat, offer, punch_toward_host};
 use mesh_proto::NodeId;
 use mesh_proto::messages::SESSION_ALPN;
 use mesh_proto::messages::control::{ContactRequest, ControlMessage, HostContact};
@@ -71,10 +72,15 @@ struct PathReport {
     quic_rtt: Duration,
     /// How long the handshake took.
     handshake: Duration,
+    /// From the start of `mesh path` to the handshake's end (the host's first byte).
+    first_byte: Duration,
+    /// From the start of `mesh path` to the direct path, if it went direct.
+    to_direct: Option<Duration>,
 }
 
 async fn measure(home: &FsPath, host: &str) -> Result<PathReport, Failure> {
     let enrollment = user_enrollment(home)?;
+    let begun = Instant::now();
     let net = session_net(
         home,
         Some(RelayContact {
@@ -110,6 +116,11 @@ async fn measure(home: &FsPath, host: &str) -> Result<PathReport, Failure> {
         relay: net.socket.relay(),
         quic_rtt: conn.quic().rtt(),
         handshake,
+        first_byte: started.duration_since(begun) + handshake,
+        to_direct: info
+            .direct_since
+            .filter(|_| matches!(info.path, Path::Direct(_)))
+            .map(|since| since.duration_since(begun)),
         contact,
         info,
     };
@@ -161,25 +172,26 @@ async fn contact(
     enrollment: &Enrollment,
     host: &str,
 ) -> Result<HostContact, Failure> {
-    let conn = connect_coordinator(
-        &net.endpoint,
-        &TcpConnector,
-        enrollment.coordinator_key,
-        &enrollment.coordinator_addrs,
-    )
-    .await
-    .map_err(|e| failed(format!("cannot reach the coordinator: {e}")))?;
+    let conn = connect_checking_nat(net, &TcpConnector, enrollment)
+        .await
+        .map_err(|e| failed(format!("cannot reach the coordinator: {e}")))?;
+    // As a session would: the host punches toward us from the time the coordinator sets.
     let ask = ControlMessage::ContactRequest(ContactRequest {
         host: host.to_owned(),
+        punch: Some(offer(net, conn.quic().remote_address())),
     });
     let (reply, relay) = tokio::join!(request(&conn, &ask), follow_relay(&conn, net, enrollment));
     if let Err(e) = relay {
         tracing::warn!("cannot learn which relay to use: {e}");
     }
     let reply = reply.map_err(failed);
+    let rtt = conn.quic().rtt();
     conn.quic().close(0u32.into(), b"done");
     match reply? {
-        ControlMessage::Contact(contact) => Ok(contact),
+        ControlMessage::Contact(contact) => {
+            punch_toward_host(&net.socket, &contact, rtt);
+            Ok(contact)
+        }
         other => Err(failed(format!("unexpected reply {other:?}"))),
     }
 }
@@ -192,6 +204,7 @@ fn source_name(source: Source) -> &'static str {
     match source {
         Source::Listed => "listed",
         Source::PeerReflexive => "peer-reflexive",
+        Source::Punched => "punched",
     }
 }
 
@@ -199,9 +212,13 @@ impl PathReport {
     /// The chosen path's name, its remote address and its round trip.
     fn chosen(&self) -> (&'static str, Option<SocketAddr>, Duration) {
         match self.info.path {
-            Path::Direct(addr) => ("direct", Some(addr), self.info.rtt.unwrap_or(self.quic_rtt)),
+            Path::Direct(route) => (
+                "direct",
+                Some(route.addr),
+                self.info.rtt.unwrap_or(self.quic_rtt),
+            ),
             Path::Relay => ("relay", self.relay.map(|(_, addr)| addr), self.quic_rtt),
-            Path::Guess(addr) => ("direct (unconfirmed)", Some(addr), self.quic_rtt),
+            Path::Guess(route) => ("direct (unconfirmed)", Some(route.addr), self.quic_rtt),
             Path::None => ("none", None, self.quic_rtt),
         }
     }
@@ -223,8 +240,21 @@ impl PathReport {
                 "direct": self.info.direct_bytes,
                 "relay": self.info.relay_bytes,
             },
+            "nat": {
+                "this_device": self.info.own_nat.name(),
+                "host": self.contact.nat.name(),
+            },
+            "punch": {
+                "rendezvous": self.contact.punch_at.is_some(),
+                "time_to_first_byte_ms": ms(self.first_byte),
+                "time_to_direct_ms": self.to_direct.map(ms),
+                "probes_sent": self.info.pings_sent,
+                "punch_rounds": self.info.punch_rounds,
+                "bytes_relayed": self.info.relay_bytes,
+            },
             "candidates": self.info.candidates.iter().map(|c| json!({
-                "addr": c.addr.to_string(),
+                "addr": c.route.addr.to_string(),
+                "punch_socket": c.route.via != 0,
                 "source": source_name(c.source),
                 "confirmed": c.confirmed,
                 "rtt_ms": c.rtt.map(ms),
@@ -254,6 +284,25 @@ impl PathReport {
             "sent        direct {} B, relay {} B\n",
             self.info.direct_bytes, self.info.relay_bytes
         ));
+        out.push_str(&format!(
+            "nat         this device: {}; host: {}\n",
+            self.info.own_nat.name(),
+            self.contact.nat.name()
+        ));
+        let to_direct = self
+            .to_direct
+            .map_or_else(|| "-".to_owned(), |d| format!("{:.1} ms", ms(d)));
+        out.push_str(&format!(
+            "punch       {}first byte {:.1} ms, direct {to_direct}, {} probe(s), {} round(s)\n",
+            if self.contact.punch_at.is_some() {
+                ""
+            } else {
+                "no rendezvous (host offline?); "
+            },
+            ms(self.first_byte),
+            self.info.pings_sent,
+            self.info.punch_rounds
+        ));
         if self.info.candidates.is_empty() {
             out.push_str("candidates  none (the coordinator knows no address of the host)\n");
         } else {
@@ -267,7 +316,7 @@ impl PathReport {
                 };
                 out.push_str(&format!(
                     "  {:<28} {:<15} {state}\n",
-                    c.addr.to_string(),
+                    c.route.to_string(),
                     source_name(c.source)
                 ));
             }
@@ -306,9 +355,9 @@ pub(crate) async fn probe_hosts(
         .map(|host| {
             let info = net.socket.path_info(host.key);
             let shown = match info.as_ref().map(|i| (i.path, i.rtt)) {
-                Some((Path::Direct(addr), rtt)) => HostPath {
+                Some((Path::Direct(route), rtt)) => HostPath {
                     path: "direct",
-                    remote_addr: Some(addr),
+                    remote_addr: Some(route.addr),
                     rtt,
                 },
                 _ => HostPath {

@@ -15,8 +15,9 @@ use mesh_proto::messages::RELAY_ALPN;
 use crate::control::failed;
 use crate::exit::Failure;
 
-/// The port a relay listens on unless told otherwise (the coordinator's is 7400).
-const DEFAULT_PORT: u16 = 7401;
+/// The port a relay listens on unless told otherwise (the coordinator's is 7400, and 7401
+/// answers its NAT checks).
+const DEFAULT_PORT: u16 = 7402;
 
 /// `mesh relay [--listen ADDR]`: runs until SIGTERM or SIGINT.
 pub(crate) fn run(home: &Path, listen: Option<SocketAddr>) -> Result<ExitCode, Failure> {

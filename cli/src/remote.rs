@@ -6,12 +6,11 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use mesh_node::control::{
-    Enrollment, connect_coordinator, follow_relay, request as control_request, session_net,
-};
+use mesh_node::control::{Enrollment, follow_relay, request as control_request, session_net};
 use mesh_node::grant_cache;
 use mesh_node::path::dial::TcpConnector;
 use mesh_node::path::net::{NodeNet, RelayContact};
+use mesh_node::rendezvous::{connect_checking_nat, offer, punch_toward_host};
 use mesh_node::session::client::{
     ClientEvent, SessionInput, SessionOutcome, SessionRequest, open_session,
 };
@@ -227,15 +226,9 @@ async fn by_name(
         }),
     )
     .map_err(fail)?;
-    let endpoint = net.endpoint.clone();
-    let conn = match connect_coordinator(
-        &endpoint,
-        &TcpConnector,
-        enrollment.coordinator_key,
-        &enrollment.coordinator_addrs,
-    )
-    .await
-    {
+    // The NAT check runs beside the connection: its verdict goes with the grant request, so
+    // the host knows how to punch toward us.
+    let conn = match connect_checking_nat(&net, &TcpConnector, &enrollment).await {
         Ok(conn) => conn,
         Err(unreachable) => {
             let Some(login) = login else {
@@ -264,6 +257,7 @@ async fn by_name(
         host: host.to_owned(),
         login: login.map(str::to_owned),
         command,
+        punch: Some(offer(&net, conn.quic().remote_address())),
     });
     // Which relay the coordinator names, asked beside the grant: the relay connection moves
     // there while the grant comes back.
@@ -275,10 +269,13 @@ async fn by_name(
         tracing::warn!("cannot learn which relay to use: {e}");
     }
     let reply = reply.map_err(fail)?;
+    let rtt = conn.quic().rtt();
     conn.quic().close(0u32.into(), b"granted");
     let ControlMessage::Granted(granted) = reply else {
         return Err(Failure::Session(format!("unexpected reply {reply:?}")));
     };
+    // The host starts probing us at the time the coordinator set; so do we.
+    punch_toward_host(&net.socket, &granted.host, rtt);
     if granted.host.addrs.is_empty() {
         return Err(Failure::Session(format!(
             "{host} has never connected to the coordinator, so its address is unknown"

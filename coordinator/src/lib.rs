@@ -16,6 +16,7 @@
 pub mod home;
 pub mod model;
 pub mod policy;
+pub mod reflector;
 pub mod relay;
 pub mod server;
 pub mod standalone;

@@ -22,9 +22,11 @@ use mesh_proto::messages::control::{
     AllowedKeys, AuditAck, AuditList, AuditQuery, AuditUpload, ContactRequest, ControlMessage,
     Done, Enroll, Enrolled, Failure, Granted, HostContact, HostEntry, HostSet, Hosts, InviteCreate,
     InviteEntry, InviteList, InviteRevoke, InviteTarget, Invited, Label, MAX_ALLOWED_KEYS_PAGE,
-    MAX_HOSTS, RelayInfo, Revoke, RevokeWhat, RoleList, RoleRemove, RoleSpec, SessionGrantRequest,
-    Settings, TimeReply, UseRelay, UserAdd, UserEntry, UserList, UserRemove, UserSetRole, Welcome,
+    MAX_HOSTS, MAX_LISTEN_ADDRS, PunchOffer, RelayInfo, Rendezvous, Revoke, RevokeWhat, RoleList,
+    RoleRemove, RoleSpec, SessionGrantRequest, Settings, TimeReply, UseRelay, UserAdd, UserEntry,
+    UserList, UserRemove, UserSetRole, Welcome,
 };
+use mesh_proto::nat::NatMapping;
 use mesh_proto::token::{EnrollmentToken, TokenKind, TokenSecret, open_token};
 use mesh_proto::{
     CaKeySet, CaSigner, Clock, Grant, GrantId, GrantKind, NodeId, Permissions, Revocation,
@@ -126,6 +128,21 @@ pub fn endpoint_options() -> EndpointOptions {
 struct Presence {
     id: u64,
     push: mpsc::Sender<ControlMessage>,
+    /// Its connection (whose round trip sets how far ahead a punch starts).
+    quic: quinn::Connection,
+    /// How its NAT maps, as its last check found.
+    nat: NatMapping,
+}
+
+/// How far beyond the slower side's one-way delay a punch's start is set: both sides have
+/// the rendezvous in hand by then.
+const PUNCH_LEAD: Duration = Duration::from_millis(20);
+
+/// The client side of a rendezvous: where its control connection comes from, and its round
+/// trip.
+struct ClientSide {
+    observed: std::net::SocketAddr,
+    rtt: Duration,
 }
 
 type Reply = Result<ControlMessage, String>;
@@ -261,7 +278,13 @@ impl<S: Store> Coordinator<S> {
             }
             ControlMessage::Enroll(enroll) => self.enroll(peer, enroll).await,
             ControlMessage::AuditUpload(upload) => self.audit_upload(peer, upload).await,
-            other => self.user_request(peer, other).await,
+            other => {
+                let client = ClientSide {
+                    observed: conn.quic().remote_address(),
+                    rtt: conn.quic().rtt(),
+                };
+                self.user_request(peer, &client, other).await
+            }
         };
         let message = reply.unwrap_or_else(|message| ControlMessage::Failure(Failure { message }));
         write_frame(&mut send, &message).await?;
@@ -316,7 +339,12 @@ impl<S: Store> Coordinator<S> {
     }
 
     /// Requests a user's device makes: who they are, then what they ask.
-    async fn user_request(&self, peer: NodeId, request: ControlMessage) -> Reply {
+    async fn user_request(
+        &self,
+        peer: NodeId,
+        client: &ClientSide,
+        request: ControlMessage,
+    ) -> Reply {
         let Some(device) = self.store.device(peer).await.map_err(store_error)? else {
             if self.store.device_revoked(peer).await.map_err(store_error)? {
                 return Err(format!(
@@ -347,19 +375,19 @@ impl<S: Store> Coordinator<S> {
                 )
             })?;
         match request {
-            ControlMessage::GrantRequest(request) => self.grant(peer, &user, &role, request).await,
+            ControlMessage::GrantRequest(request) => {
+                self.grant(peer, client, &user, &role, request).await
+            }
             ControlMessage::HostsRequest(page) => {
                 authorize(&user, &role, &Request::ListHosts).map_err(|d| d.0)?;
                 self.directory(page.after.as_deref()).await
             }
-            ControlMessage::ContactRequest(ContactRequest { host }) => {
+            ControlMessage::ContactRequest(ContactRequest { host, punch }) => {
                 let host = self.host_named(&host).await?;
                 authorize(&user, &role, &Request::Reach(&host)).map_err(|d| d.0)?;
-                Ok(ControlMessage::Contact(HostContact {
-                    name: host.name,
-                    key: host.key,
-                    addrs: host.addrs,
-                }))
+                Ok(ControlMessage::Contact(
+                    self.rendezvous(peer, client, punch, host),
+                ))
             }
             ControlMessage::RelayRequest(_) => Ok(ControlMessage::UseRelay(UseRelay {
                 relay: self.current_relay(),
@@ -612,6 +640,7 @@ impl<S: Store> Coordinator<S> {
     async fn grant(
         &self,
         client: NodeId,
+        client_side: &ClientSide,
         user: &User,
         role: &Role,
         request: SessionGrantRequest,
@@ -666,15 +695,65 @@ impl<S: Store> Coordinator<S> {
         } else {
             None
         };
+        let contact = self.rendezvous(client, client_side, request.punch, host);
         Ok(ControlMessage::Granted(Granted {
             grant: signed,
-            host: HostContact {
-                name: host.name,
-                key: host.key,
-                addrs: host.addrs,
-            },
+            host: contact,
             offline_grant,
         }))
+    }
+
+    /// Where the client finds `host`, and — when the client offered its side and the host is
+    /// online — the rendezvous: the host is told the client's candidates and a start time a
+    /// little beyond the slower side's one-way delay, and the client the same time.
+    fn rendezvous(
+        &self,
+        client: NodeId,
+        side: &ClientSide,
+        offer: Option<PunchOffer>,
+        host: Host,
+    ) -> HostContact {
+        let now = self.now();
+        let mut contact = HostContact {
+            name: host.name,
+            key: host.key,
+            addrs: host.addrs,
+            nat: NatMapping::Unknown,
+            punch_at: None,
+            coordinator_time: now,
+        };
+        let presence = self.lock_presence();
+        let Some(live) = presence.get(&host.key) else {
+            return contact;
+        };
+        contact.nat = live.nat;
+        let Some(offer) = offer else {
+            return contact;
+        };
+        let slower = side.rtt.max(live.quic.rtt());
+        let start_at = now.saturating_add(slower / 2 + PUNCH_LEAD);
+        // The address its control connection comes from is the client's reflexive candidate
+        // (the same socket carries the session), unless it came over a TCP stream.
+        let mut addrs = Vec::with_capacity(MAX_LISTEN_ADDRS);
+        if !is_stream_addr(side.observed) {
+            addrs.push(side.observed);
+        }
+        for addr in offer.addrs {
+            if addrs.len() < MAX_LISTEN_ADDRS && !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        let punch = ControlMessage::Punch(Rendezvous {
+            peer: client,
+            peer_instance: offer.instance,
+            addrs,
+            nat: offer.nat,
+            start_at,
+        });
+        if live.push.try_send(punch).is_ok() {
+            contact.punch_at = Some(start_at);
+        }
+        contact
     }
 
     /// One page of the directory (see [`directory_page`]).
@@ -819,7 +898,15 @@ impl<S: Store> Coordinator<S> {
         }
         let (push, mut pushed) = mpsc::channel(PUSH_QUEUE);
         let id = self.next_presence.fetch_add(1, Ordering::Relaxed);
-        self.lock_presence().insert(peer, Presence { id, push });
+        self.lock_presence().insert(
+            peer,
+            Presence {
+                id,
+                push,
+                quic: conn.quic().clone(),
+                nat: NatMapping::Unknown,
+            },
+        );
         tracing::info!(host = %host.name, %observed, "host online");
         let welcome = ControlMessage::Welcome(Welcome {
             observed_addr: observed,
@@ -854,6 +941,13 @@ impl<S: Store> Coordinator<S> {
                                 coordinator_time: self.now(),
                             });
                             write_frame(&mut send, &reply).await?;
+                        }
+                        Some(ControlMessage::NatReport(report)) => {
+                            if let Some(live) = self.lock_presence().get_mut(&peer) {
+                                if live.id == id {
+                                    live.nat = report.nat;
+                                }
+                            }
                         }
                         Some(_) => {}
                         None => return Ok(()),

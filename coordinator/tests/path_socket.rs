@@ -166,7 +166,10 @@ async fn a_connection_starts_on_the_relay_and_moves_to_a_confirmed_direct_path()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let host_path = host.socket.path_info(client_key.node_id()).unwrap().path;
-    assert_eq!(host_path, Path::Direct(client.addr));
+    assert_eq!(
+        host_path,
+        Path::Direct(mesh_node::path::state::Route::primary(client.addr))
+    );
     let attacker = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let ping = Probe {
         kind: ProbeKind::Ping,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_coordinator::model::InviteFor;
+use mesh_coordinator::reflector::{ReflectingSocket, Reflector, serve_check_port};
 use mesh_coordinator::relay::RelayServer;
 use mesh_coordinator::server::{COORDINATOR_ALPNS, Coordinator, endpoint_options};
 use mesh_coordinator::standalone::{self, RelayParts};
@@ -28,12 +29,14 @@ use mesh_node::endpoint::{Connection, Endpoint, EndpointOptions};
 use mesh_node::path::net::{NetOptions, NodeNet, RelayContact};
 use mesh_node::path::socket::PathSocket;
 use mesh_node::path::state::Path;
+use mesh_node::rendezvous::{connect_checking_nat, offer, punch_toward_host};
 use mesh_node::session::client::{SessionInput, SessionOutcome, SessionRequest, open_session};
 use mesh_node::session::fake_shell::FakeShellBackend;
 use mesh_node::session::host::LoginPolicy;
 use mesh_proto::messages::control::{ControlMessage, SessionGrantRequest};
 use mesh_proto::messages::session::{LoginRequest, PtyRequest, WindowSize};
 use mesh_proto::messages::{RELAY_ALPN, SESSION_ALPN};
+use mesh_proto::nat::check_port;
 use mesh_proto::socket::DatagramSocket;
 use mesh_proto::token::TokenKind;
 use mesh_proto::{CaSigner, Clock, SecretKey, UnixTime};
@@ -50,7 +53,7 @@ pub const COORDINATOR_PORT: u16 = 7400;
 /// The agents' UDP port.
 pub const AGENT_PORT: u16 = 7422;
 /// The port a standalone relay listens on (UDP and TCP).
-pub const RELAY_PORT: u16 = 7401;
+pub const RELAY_PORT: u16 = 7402;
 /// The login sessions ask for (the fake shell runs as no one; the gate still resolves it).
 pub const LOGIN: &str = "root";
 /// Wall-clock time when every simulation starts: 2026-01-01T00:00:00Z.
@@ -275,6 +278,14 @@ impl Mesh {
         let addr = DatagramSocket::local_addr(&*socket).map_err(|e| e.to_string())?;
         let key = key_for(self.seed, "coordinator");
         let ca = CaSigner::new(key_for(self.seed, "ca"));
+        // As `mesh coordinator serve` does: NAT checks answered on this port and the next.
+        let reflector = Reflector::new(key.clone(), self.clock.clone());
+        let check_socket = self
+            .world
+            .binder(host)
+            .bind_sim(check_port(COORDINATOR_PORT))
+            .map_err(|e| e.to_string())?;
+        let socket = ReflectingSocket::new(socket, reflector.clone());
         let endpoint = Endpoint::with_options(
             key.clone(),
             socket,
@@ -304,6 +315,10 @@ impl Mesh {
             ..endpoint_options()
         };
         let (stop, mut stopped) = watch::channel(false);
+        let mut check_stopped = stopped.clone();
+        tokio::spawn(serve_check_port(check_socket, reflector, async move {
+            let _ = check_stopped.wait_for(|s| *s).await;
+        }));
         let serving = coordinator.clone();
         tokio::spawn(async move {
             // A killed coordinator's sender is dropped: that ends it as well.
@@ -800,18 +815,16 @@ impl Client {
             ),
         )?;
         let endpoint = net.endpoint.clone();
-        let conn = connect_coordinator(
-            &endpoint,
-            &self.world.binder(device.host),
-            device.enrollment.coordinator_key,
-            &device.enrollment.coordinator_addrs,
-        )
-        .await
-        .map_err(|e| format!("no coordinator: {e}"))?;
+        // As `mesh exec` does: the NAT check beside the connection, the offer with the grant
+        // request, the punch from the coordinator's start time.
+        let conn = connect_checking_nat(&net, &self.world.binder(device.host), &device.enrollment)
+            .await
+            .map_err(|e| format!("no coordinator: {e}"))?;
         let ask = ControlMessage::GrantRequest(SessionGrantRequest {
             host: host.to_owned(),
             login: Some(LOGIN.to_owned()),
             command: !shell,
+            punch: Some(offer(&net, conn.quic().remote_address())),
         });
         // As `mesh exec` does: which relay to use, asked beside the grant.
         let (reply, relay) = tokio::join!(
@@ -822,10 +835,12 @@ impl Client {
             tracing::warn!("cannot learn which relay to use: {e}");
         }
         let reply = reply.map_err(|e| e.to_string())?;
+        let rtt = conn.quic().rtt();
         conn.quic().close(0u32.into(), b"granted");
         let ControlMessage::Granted(granted) = reply else {
             return Err(format!("unexpected reply {reply:?}"));
         };
+        punch_toward_host(&net.socket, &granted.host, rtt);
         let mapped = net.socket.peer_addr(granted.host.key, &granted.host.addrs);
         net.socket.wait_for_relay(Duration::from_secs(2)).await;
         let conn = endpoint
@@ -886,15 +901,15 @@ impl Client {
         report.relay_bytes = counters.relay_bytes;
         report.relay_refused = counters.relay_refused;
         match info.map(|i| (i.path, i.direct_since)) {
-            Some((Path::Direct(addr), since)) => {
+            Some((Path::Direct(route), since)) => {
                 report.path = "direct".into();
-                report.remote_addr = Some(addr);
+                report.remote_addr = Some(route.addr);
                 report.time_to_direct = since.map(|s| s.saturating_duration_since(started));
             }
             Some((Path::Relay, _)) => report.path = "relay".into(),
-            Some((Path::Guess(addr), _)) => {
+            Some((Path::Guess(route), _)) => {
                 report.path = "direct".into();
-                report.remote_addr = Some(addr);
+                report.remote_addr = Some(route.addr);
             }
             _ => {}
         }

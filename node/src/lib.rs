@@ -14,8 +14,10 @@
 //! - [`inherited_fds`]: no inherited descriptor reaches a user's program.
 //! - [`temp_accounts`] and [`durable`]: temporary root accounts; files replaced crash-safely.
 //!
-//! - [`path`]: the path layer's per-peer path choice (the path socket itself, hole punching
-//!   and the relay client arrive with their issues).
+//! - [`path`]: the path layer: the path socket under QUIC, direct paths and the relay,
+//!   hole punching, TCP fallback.
+//! - [`rendezvous`]: the node side of a rendezvous: NAT checks, a client's offer, punching
+//!   from the coordinator's start time.
 
 pub mod agent;
 pub mod audit;
@@ -28,6 +30,7 @@ pub mod grant_cache;
 pub mod inherited_fds;
 pub mod keyfile;
 pub mod path;
+pub mod rendezvous;
 pub mod session;
 pub mod temp_accounts;
 pub mod tls;

@@ -9,6 +9,7 @@
 //!   [`grant_file`]: a grant's text form, as a client keeps it.
 //! - [`codec`] and [`messages`]: versioned, length-capped frames for the control, session and relay
 //!   protocols.
+//! - [`nat`]: what a node knows of its NAT's mapping behaviour, from two observations.
 //! - [`socket`]: the datagram-socket seam that real UDP (in `mesh-node`) and the simulator (in
 //!   `mesh-netsim`) implement.
 //!
@@ -26,6 +27,7 @@ pub mod grant;
 pub mod grant_file;
 pub mod id;
 pub mod messages;
+pub mod nat;
 pub mod probe;
 pub mod revocation;
 pub mod signed;

@@ -36,7 +36,7 @@ const COORDINATOR_PORT: u16 = 7400;
 /// The port every agent listens on (`config.toml`'s `listen`).
 const AGENT_PORT: u16 = 7422;
 /// The port a standalone relay listens on (`mesh relay`'s default).
-const RELAY_PORT: u16 = 7401;
+const RELAY_PORT: u16 = 7402;
 /// How long any one `mesh` command may run before it is killed and the test fails.
 const COMMAND_LIMIT: Duration = Duration::from_secs(30);
 

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
-use mesh_proto::messages::control::{ControlMessage, Hello, Settings, TimeRequest};
+use mesh_proto::messages::control::{ControlMessage, Hello, NatReport, Settings, TimeRequest};
+use mesh_proto::nat::NatMapping;
 use mesh_proto::{Clock, UnixTime};
 
 use super::revocations::Revocations;
@@ -20,6 +21,16 @@ use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::framed::{FrameReader, write_frame};
 use crate::path::dial::StreamConnector;
+use crate::rendezvous::{punch_toward_client, watch_nat};
+
+/// Aborts a task when dropped (a task that belongs to one connection).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// First wait before reconnecting; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -122,6 +133,19 @@ pub struct CoordinatorRoute {
     pub net: Option<crate::path::net::NodeNet>,
 }
 
+/// What a host tells the coordinator it listens on: its listen address (an unspecified one
+/// the coordinator fills in with the address it sees), and each interface's address at that
+/// port (LAN candidates for clients at the same site).
+fn listen_addrs(listen: SocketAddr) -> Vec<SocketAddr> {
+    let mut addrs = vec![listen];
+    for addr in crate::path::local::local_addrs(listen, false) {
+        if addrs.len() < mesh_proto::messages::control::MAX_LISTEN_ADDRS && !addrs.contains(&addr) {
+            addrs.push(addr);
+        }
+    }
+    addrs
+}
+
 /// Keeps the presence stream up until the task is dropped.
 pub async fn run_presence(
     route: CoordinatorRoute,
@@ -172,7 +196,7 @@ async fn connect_once(
     let hello = Hello {
         node: endpoint.node_id(),
         version: env!("CARGO_PKG_VERSION").into(),
-        listen_addrs: vec![listen],
+        listen_addrs: listen_addrs(listen),
     };
     let sent = state.base.now();
     write_frame(&mut send, &ControlMessage::Hello(hello)).await?;
@@ -190,10 +214,21 @@ async fn connect_once(
         Some(ControlMessage::Failure(failure)) => return Err(Error::Refused(failure.message)),
         other => return Err(Error::Stream(format!("expected Welcome, got {other:?}"))),
     }
+    // The NAT check runs beside the presence stream (now, then every minute); each verdict
+    // is reported on it. The task goes with this connection.
+    let (nat_tx, nat_rx) = tokio::sync::mpsc::channel(1);
+    let _nat_watch = net.map(|net| {
+        AbortOnDrop(tokio::spawn(watch_nat(
+            net.socket.clone(),
+            enrollment.coordinator_key,
+            conn.quic().remote_address(),
+            nat_tx,
+        )))
+    });
     // Spooled audit events go up on streams of their own over the same connection; if an
     // upload fails, the connection is started over (and the batch sent again).
     let relay = net.map(|net| (net, enrollment));
-    let presence = presence_loop(&mut send, &mut recv, state, revocations, relay);
+    let presence = presence_loop(&mut send, &mut recv, state, revocations, relay, nat_rx);
     tokio::select! {
         biased;
         result = presence => result,
@@ -208,6 +243,7 @@ async fn presence_loop(
     state: &HostState,
     revocations: &Revocations,
     relay: Option<(&crate::path::net::NodeNet, &Enrollment)>,
+    mut nat: tokio::sync::mpsc::Receiver<NatMapping>,
 ) -> Result<(), Error> {
     let mut nonce = 0u64;
     let mut asked_at = None;
@@ -236,6 +272,12 @@ async fn presence_loop(
                         }
                     }
                 }
+                Some(ControlMessage::Punch(rendezvous)) => {
+                    if let Some((net, _)) = relay {
+                        tracing::debug!(client = %rendezvous.peer.short(), "punching toward a client");
+                        punch_toward_client(&net.socket, rendezvous, state.now());
+                    }
+                }
                 Some(ControlMessage::TimeReply(reply)) => {
                     if let Some((n, sent)) = asked_at {
                         if reply.nonce == n {
@@ -247,6 +289,9 @@ async fn presence_loop(
                 Some(other) => tracing::debug!("ignored on the presence stream: {other:?}"),
                 None => return Ok(()),
             },
+            Some(verdict) = nat.recv() => {
+                write_frame(send, &ControlMessage::NatReport(NatReport { nat: verdict })).await?;
+            }
             _ = checks.tick() => {
                 nonce += 1;
                 asked_at = Some((nonce, state.base.now()));

@@ -95,6 +95,8 @@ impl NodeNet {
                 ..EndpointOptions::default()
             },
         )?;
+        // Birthday probing opens its extra sockets where the relay's come from.
+        socket.set_binder(binder.clone());
         tokio::spawn(socket.clone().drive());
         let relay_target = options.relay.map(|relay| {
             let (target, watched) = tokio::sync::watch::channel(relay);

@@ -13,6 +13,13 @@
 //!
 //! The relay connection is a QUIC connection of its own (its own socket), as iroh's relay
 //! connection is a TCP connection of its own.
+//!
+//! Hole punching ([`super::punch`]) runs here too: [`PathSocket::check_nat`] learns how this
+//! node's NAT maps (the coordinator answers pings on two ports), and [`PathSocket::punch`]
+//! probes a peer's candidates from a start time the coordinator set for both sides, sprays
+//! predicted or random ports, or opens extra sockets for birthday probing. An extra socket
+//! whose path is confirmed carries that peer's packets (a [`Route`] names the socket); the
+//! others close when the punch ends.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -22,17 +29,34 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use mesh_proto::nat::{NatMapping, check_port, classify};
 use mesh_proto::probe::{Probe, ProbeKind, ReplayGuard, is_probe};
-use mesh_proto::socket::DatagramSocket;
+use mesh_proto::socket::{DatagramSocket, SocketBinder};
 use mesh_proto::{Clock, NodeId, SecretKey};
+use rand::SeedableRng;
 use tokio::time::Instant;
 
 use super::mapped::{MappedAddrs, PeerId, is_mapped};
+use super::punch::{self, Step};
 use super::relay_client::{FromRelay, RelayClient};
-use super::state::{CandidateState, Path, PeerPaths, Source};
+use super::state::{CandidateState, PRIMARY, Path, PeerPaths, Route, Source, Via};
 
-/// Packets from the relay waiting for quinn.
-const RELAY_INBOX: usize = 1024;
+/// Packets from the relay and the extra sockets waiting for quinn.
+const SIDE_INBOX: usize = 1024;
+/// Most extra sockets open at once (one birthday attempt, and the sockets kept for peers).
+const MAX_EXTRAS: usize = 2 * punch::BIRTHDAY_SOCKETS;
+/// Fewest free extra-socket slots worth a birthday attempt.
+const MIN_BIRTHDAY_SOCKETS: usize = 64;
+/// When the NAT check pings again if an answer is missing, and when it gives up.
+const NAT_CHECK_RETRIES: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_millis(300),
+    Duration::from_millis(800),
+];
+/// How long the NAT check waits for its answers.
+const NAT_CHECK_LIMIT: Duration = Duration::from_millis(1500);
+/// Largest datagram read from an extra socket.
+const EXTRA_BUFFER: usize = 2048;
 /// The longest the driver sleeps when no ping is due: idle peers are forgotten on this beat.
 const DRIVER_IDLE: Duration = Duration::from_secs(60);
 /// Most remote processes tracked at once; beyond it the least recently active is forgotten.
@@ -69,18 +93,55 @@ pub struct PathCounters {
     pub relay_refused: u64,
     /// Times the ping driver woke up (an idle node should rarely).
     pub driver_wakeups: u64,
+    /// Pings sent (scheduled, punch rounds, sprays, birthday sockets).
+    pub pings_sent: u64,
+    /// Punches started.
+    pub punches: u64,
+    /// Extra sockets opened for birthday probing, and those kept for a peer's path.
+    pub extra_sockets_opened: u64,
+    /// Extra sockets kept because a peer's chosen path leaves from them.
+    pub extra_sockets_kept: u64,
+}
+
+/// A NAT-check ping awaiting its pong: who answers, which of the check's two pings it is,
+/// and where the observed address goes.
+type NatCheck = (
+    NodeId,
+    usize,
+    tokio::sync::mpsc::Sender<(usize, SocketAddr)>,
+);
+
+/// An extra socket opened for birthday probing.
+struct Extra {
+    socket: Arc<dyn DatagramSocket>,
+    /// The peer it was opened for.
+    peer: PeerId,
+    /// The task reading it.
+    reader: tokio::task::AbortHandle,
 }
 
 struct Inner {
     mapped: MappedAddrs,
     peers: HashMap<PeerId, Peer>,
-    /// Which peer each known direct address belongs to.
-    owners: HashMap<SocketAddr, PeerId>,
+    /// Which peer each known direct route belongs to.
+    owners: HashMap<Route, PeerId>,
     relay: Option<RelayClient>,
-    relay_inbox: VecDeque<(Vec<u8>, SocketAddr)>,
+    /// Packets from the relay and the extra sockets, with the mapped address to show.
+    side_inbox: VecDeque<(Vec<u8>, SocketAddr)>,
     recv_waker: Option<Waker>,
     replay: ReplayGuard,
     counters: PathCounters,
+    /// Extra sockets by their [`Via`].
+    extras: HashMap<Via, Extra>,
+    /// The last [`Via`] handed out.
+    last_via: Via,
+    /// NAT checks waiting for the coordinator's pong: nonce → who answers, which of the two
+    /// pings it was, and where the observed address goes.
+    nat_checks: HashMap<[u8; 16], NatCheck>,
+    /// How this node's NAT maps, as the last check found.
+    own_nat: NatMapping,
+    /// Random ports for birthday probing (seeded from the instance, so simulations replay).
+    rng: rand_chacha::ChaCha8Rng,
 }
 
 /// One remote process's paths, and its instance once learned (for an entry made before it
@@ -97,6 +158,12 @@ struct Peer {
     direct_bytes: u64,
     /// QUIC bytes sent to it through the relay.
     relay_bytes: u64,
+    /// Pings sent to it (sprays included).
+    pings_sent: u64,
+    /// Punch rounds sent to it.
+    punch_rounds: u64,
+    /// How its NAT maps, as the coordinator passed on.
+    nat: Option<NatMapping>,
 }
 
 impl Peer {
@@ -108,6 +175,9 @@ impl Peer {
             quic_at: None,
             direct_bytes: 0,
             relay_bytes: 0,
+            pings_sent: 0,
+            punch_rounds: 0,
+            nat: None,
         }
     }
 }
@@ -183,11 +253,45 @@ impl Inner {
             .map(|(id, _)| *id)
     }
 
-    /// Drops every trace of `id`: its paths, its addresses' ownership, its mapped address.
+    /// Drops every trace of `id`: its paths, its addresses' ownership, its mapped address,
+    /// the extra sockets opened for it.
     fn forget(&mut self, id: PeerId) {
         self.peers.remove(&id);
         self.owners.retain(|_, owner| *owner != id);
         self.mapped.forget(id);
+        let extras: Vec<Via> = self
+            .extras
+            .iter()
+            .filter(|(_, extra)| extra.peer == id)
+            .map(|(via, _)| *via)
+            .collect();
+        for via in extras {
+            self.close_extra(via);
+        }
+    }
+
+    /// Closes an extra socket: its reader stops, its routes go.
+    fn close_extra(&mut self, via: Via) {
+        if let Some(extra) = self.extras.remove(&via) {
+            extra.reader.abort();
+            self.owners.retain(|route, _| route.via != via);
+            if let Some(peer) = self.peers.get_mut(&extra.peer) {
+                peer.paths.forget_via(via);
+            }
+        }
+    }
+
+    /// A free [`Via`] for a new extra socket.
+    fn next_via(&mut self) -> Option<Via> {
+        if self.extras.len() >= MAX_EXTRAS {
+            return None;
+        }
+        loop {
+            self.last_via = self.last_via.wrapping_add(1);
+            if self.last_via != PRIMARY && !self.extras.contains_key(&self.last_via) {
+                return Some(self.last_via);
+            }
+        }
     }
 
     /// Forgets peers idle for [`PEER_IDLE`].
@@ -201,10 +305,10 @@ impl Inner {
         for id in idle {
             self.forget(id);
         }
-        // Addresses whose candidate expired belong to no one any more.
+        // Routes whose candidate expired belong to no one any more.
         let peers = &self.peers;
         self.owners
-            .retain(|addr, id| peers.get(id).is_some_and(|p| p.paths.has_candidate(*addr)));
+            .retain(|route, id| peers.get(id).is_some_and(|p| p.paths.has_candidate(*route)));
     }
 
     /// The first entry of `key` (the dialed one if any), for reports.
@@ -222,6 +326,8 @@ impl Inner {
 /// The path socket (see the module docs).
 pub struct PathSocket {
     key: SecretKey,
+    /// Where extra sockets for birthday probing come from (none: no birthday probing).
+    binder: std::sync::OnceLock<Arc<dyn SocketBinder>>,
     /// This process's instance: probes and relay frames carry it, so peers can tell this
     /// process from others with the same key.
     instance: u64,
@@ -269,6 +375,29 @@ pub struct PathInfo {
     pub direct_bytes: u64,
     /// QUIC bytes sent to the peer through the relay.
     pub relay_bytes: u64,
+    /// Pings sent to the peer (punch sprays included).
+    pub pings_sent: u64,
+    /// Punch rounds sent to the peer.
+    pub punch_rounds: u64,
+    /// How this node's NAT maps.
+    pub own_nat: NatMapping,
+    /// How the peer's NAT maps, if a rendezvous said.
+    pub peer_nat: Option<NatMapping>,
+}
+
+/// A punch toward one peer, as a rendezvous describes it.
+#[derive(Debug, Clone)]
+pub struct PunchTarget {
+    /// The peer's key.
+    pub peer: NodeId,
+    /// Its process (`None`: the host this process dialed).
+    pub instance: Option<u64>,
+    /// Its candidates, the coordinator's observation first.
+    pub addrs: Vec<SocketAddr>,
+    /// How its NAT maps.
+    pub nat: NatMapping,
+    /// When to start.
+    pub start: Instant,
 }
 
 impl PathSocket {
@@ -290,6 +419,7 @@ impl PathSocket {
     ) -> Arc<Self> {
         Arc::new(Self {
             key,
+            binder: std::sync::OnceLock::new(),
             instance,
             udp,
             clock,
@@ -298,10 +428,15 @@ impl PathSocket {
                 peers: HashMap::new(),
                 owners: HashMap::new(),
                 relay: None,
-                relay_inbox: VecDeque::new(),
+                side_inbox: VecDeque::new(),
                 recv_waker: None,
                 replay: ReplayGuard::default(),
                 counters: PathCounters::default(),
+                extras: HashMap::new(),
+                last_via: PRIMARY,
+                nat_checks: HashMap::new(),
+                own_nat: NatMapping::Unknown,
+                rng: rand_chacha::ChaCha8Rng::seed_from_u64(instance),
             }),
             relay_up: tokio::sync::watch::Sender::new(false),
             dead: std::sync::atomic::AtomicBool::new(false),
@@ -314,10 +449,23 @@ impl PathSocket {
     /// path and the relay connection is closed (a simulated kill).
     pub fn kill(&self) {
         self.dead.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(relay) = self.lock().relay.take() {
+        let mut inner = self.lock();
+        let extras: Vec<Via> = inner.extras.keys().copied().collect();
+        for via in extras {
+            inner.close_extra(via);
+        }
+        let relay = inner.relay.take();
+        drop(inner);
+        if let Some(relay) = relay {
             relay.close();
         }
         self.clear_relay();
+    }
+
+    /// Lets the socket open extra sockets from `binder` for birthday probing (set once; a
+    /// socket without one never probes that way).
+    pub fn set_binder(&self, binder: Arc<dyn SocketBinder>) {
+        let _ = self.binder.set(binder);
     }
 
     /// A nonce never used before by this socket: its instance and a counter. Nonces need to be
@@ -330,6 +478,11 @@ impl PathSocket {
         nonce[..8].copy_from_slice(&self.instance.to_le_bytes());
         nonce[8..].copy_from_slice(&n.to_le_bytes());
         nonce
+    }
+
+    /// The primary socket's local address.
+    pub fn primary_addr(&self) -> Option<SocketAddr> {
+        self.udp.local_addr().ok()
     }
 
     /// This process's instance (see the field's docs).
@@ -364,10 +517,11 @@ impl PathSocket {
         entry.last_active = now;
         entry.paths.set_relay(has_relay);
         for addr in candidates {
-            entry.paths.add_candidate(to_v4(*addr), Source::Listed, now);
+            let route = Route::primary(to_v4(*addr));
+            entry.paths.add_candidate(route, Source::Listed, now);
         }
         for addr in candidates {
-            inner.owners.insert(to_v4(*addr), id);
+            inner.owners.insert(Route::primary(to_v4(*addr)), id);
         }
         let mapped = inner.mapped.addr_of(id);
         drop(inner);
@@ -437,16 +591,24 @@ impl PathSocket {
         let paths = &mut entry.paths;
         let path = paths.choose(now);
         let rtt = match path {
-            Path::Direct(addr) => paths.rtt(addr, now),
+            Path::Direct(route) => paths.rtt(route, now),
             _ => None,
         };
-        Some(PathInfo {
+        let info = PathInfo {
             path,
             rtt,
             direct_since: paths.direct_since(),
             candidates: paths.candidates(now),
             direct_bytes: entry.direct_bytes,
             relay_bytes: entry.relay_bytes,
+            pings_sent: entry.pings_sent,
+            punch_rounds: entry.punch_rounds,
+            own_nat: NatMapping::Unknown,
+            peer_nat: entry.nat,
+        };
+        Some(PathInfo {
+            own_nat: inner.own_nat,
+            ..info
         })
     }
 
@@ -460,6 +622,257 @@ impl PathSocket {
     /// What it counted.
     pub fn counters(&self) -> PathCounters {
         self.lock().counters.clone()
+    }
+
+    /// How this node's NAT maps, as the last [`check_nat`](Self::check_nat) found.
+    pub fn own_nat(&self) -> NatMapping {
+        self.lock().own_nat
+    }
+
+    /// Learns how this node's NAT maps: pings the coordinator (`coordinator`, whose key
+    /// answers) at its main address `main` and at its check port, and compares the addresses
+    /// it saw ([`mesh_proto::nat`]). Pings again for a missing answer; gives `Unknown` when
+    /// one never comes. The verdict is kept for punches.
+    pub async fn check_nat(&self, coordinator: NodeId, main: SocketAddr) -> NatMapping {
+        let main = to_v4(main);
+        let targets = [main, SocketAddr::new(main.ip(), check_port(main.port()))];
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let mut seen: [Option<SocketAddr>; 2] = [None, None];
+        let mut nonces = Vec::new();
+        let started = Instant::now();
+        let waits = NAT_CHECK_RETRIES
+            .iter()
+            .map(|after| (started + *after, true))
+            .chain(std::iter::once((started + NAT_CHECK_LIMIT, false)));
+        'check: for (until, then_ping) in waits {
+            while seen.iter().any(Option::is_none) {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some((which, observed))) => {
+                        let slot: &mut Option<SocketAddr> = &mut seen[which];
+                        slot.get_or_insert(observed);
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            if seen.iter().all(Option::is_some) || !then_ping {
+                break 'check;
+            }
+            // In order: the main port first, so for a sequential NAT the check port's
+            // mapping is the newer one.
+            for (which, to) in targets.iter().enumerate() {
+                if seen[which].is_some() {
+                    continue;
+                }
+                let nonce = self.next_nonce();
+                nonces.push(nonce);
+                self.lock()
+                    .nat_checks
+                    .insert(nonce, (coordinator, which, tx.clone()));
+                self.send_ping(coordinator, Route::primary(*to), nonce);
+            }
+        }
+        let mut inner = self.lock();
+        for nonce in &nonces {
+            inner.nat_checks.remove(nonce);
+        }
+        drop(inner);
+        let local = self
+            .udp
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let local_ips = if local.ip().is_unspecified() {
+            super::local::interface_ips()
+        } else {
+            Vec::new()
+        };
+        let verdict = classify(local, &local_ips, seen[0], seen[1]);
+        self.lock().own_nat = verdict;
+        verdict
+    }
+
+    /// Punches toward a peer (see [`super::punch`]): its candidates are added (the
+    /// coordinator vouches for them), and from `target.start` on they are pinged in quick
+    /// rounds, with predicted or random ports sprayed, or extra sockets opened, as
+    /// [`punch::plan`] says for both sides' NATs. Returns at once; the punch runs as a task.
+    pub fn punch(self: &Arc<Self>, target: PunchTarget) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let id = match target.instance {
+            Some(instance) => inner.resolve(target.peer, instance),
+            None => {
+                let id = PeerId {
+                    key: target.peer,
+                    instance: None,
+                };
+                let has_relay = inner.relay.is_some();
+                inner.entry(id, now, true).map(|entry| {
+                    entry.paths.set_relay(has_relay);
+                    id
+                })
+            }
+        };
+        let Some(id) = id else {
+            return;
+        };
+        let addrs: Vec<SocketAddr> = target.addrs.iter().map(|a| to_v4(*a)).collect();
+        if let Some(peer) = inner.peers.get_mut(&id) {
+            peer.nat = Some(target.nat);
+            peer.last_active = now;
+            for addr in &addrs {
+                peer.paths
+                    .add_candidate(Route::primary(*addr), Source::Listed, now);
+            }
+        }
+        for addr in &addrs {
+            inner.owners.insert(Route::primary(*addr), id);
+        }
+        inner.counters.punches += 1;
+        let steps = punch::plan(inner.own_nat, target.nat, &addrs);
+        drop(inner);
+        let start = target.start.clamp(now, now + punch::MAX_START_DELAY);
+        tracing::debug!(peer = %target.peer.short(), ?steps, "punching");
+        tokio::spawn(run_punch(Arc::downgrade(self), id, steps, start));
+    }
+
+    /// Whether `id` has a confirmed direct path now.
+    fn is_direct(&self, id: PeerId) -> bool {
+        let now = Instant::now();
+        self.lock()
+            .peers
+            .get(&id)
+            .is_some_and(|peer| peer.paths.has_confirmed(now))
+    }
+
+    /// One punch round: pings every unconfirmed candidate of `id` now, and `extra` addresses
+    /// (predicted ports) as sprays.
+    fn punch_round(&self, id: PeerId, extra: &[SocketAddr]) {
+        let now = Instant::now();
+        let mut pings = Vec::new();
+        {
+            let mut inner = self.lock();
+            let Some(peer) = inner.peers.get_mut(&id) else {
+                return;
+            };
+            peer.punch_rounds += 1;
+            for route in peer.paths.unconfirmed(now) {
+                let nonce = self.next_nonce();
+                peer.paths.ping_sent(route, nonce, now);
+                pings.push((route, nonce));
+            }
+            for addr in extra {
+                let route = Route::primary(*addr);
+                let nonce = self.next_nonce();
+                peer.paths.spray_sent(route, nonce, now);
+                pings.push((route, nonce));
+            }
+            peer.pings_sent += pings.len() as u64;
+        }
+        for (route, nonce) in pings {
+            self.send_ping(id.key, route, nonce);
+        }
+    }
+
+    /// Sprays pings at `addrs` (guessed ports) from the primary socket.
+    fn spray(&self, id: PeerId, addrs: &[SocketAddr]) {
+        let now = Instant::now();
+        let mut pings = Vec::with_capacity(addrs.len());
+        {
+            let mut inner = self.lock();
+            let Some(peer) = inner.peers.get_mut(&id) else {
+                return;
+            };
+            for addr in addrs {
+                let route = Route::primary(*addr);
+                let nonce = self.next_nonce();
+                peer.paths.spray_sent(route, nonce, now);
+                pings.push((route, nonce));
+            }
+            peer.pings_sent += pings.len() as u64;
+        }
+        for (route, nonce) in pings {
+            self.send_ping(id.key, route, nonce);
+        }
+    }
+
+    /// Opens up to [`punch::BIRTHDAY_SOCKETS`] extra sockets for `id` (fewer when others are
+    /// open; none without a binder) and returns their [`Via`]s.
+    fn open_extras(self: &Arc<Self>, id: PeerId) -> Vec<Via> {
+        let Some(binder) = self.binder.get().cloned() else {
+            return Vec::new();
+        };
+        let free = MAX_EXTRAS.saturating_sub(self.lock().extras.len());
+        let count = punch::BIRTHDAY_SOCKETS.min(free);
+        if count < MIN_BIRTHDAY_SOCKETS {
+            return Vec::new();
+        }
+        let any = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut opened = Vec::with_capacity(count);
+        for _ in 0..count {
+            let Ok(socket) = binder.bind(any) else {
+                // Out of ports or descriptors: probe with what is open.
+                break;
+            };
+            let mut inner = self.lock();
+            let Some(via) = inner.next_via() else {
+                break;
+            };
+            let reader = tokio::spawn(read_extra(Arc::downgrade(self), via, socket.clone()));
+            inner.extras.insert(
+                via,
+                Extra {
+                    socket,
+                    peer: id,
+                    reader: reader.abort_handle(),
+                },
+            );
+            inner.counters.extra_sockets_opened += 1;
+            opened.push(via);
+        }
+        opened
+    }
+
+    /// Pings `toward` from each extra socket in `vias`.
+    fn ping_from_extras(&self, id: PeerId, vias: &[Via], toward: SocketAddr) {
+        let now = Instant::now();
+        let mut pings = Vec::with_capacity(vias.len());
+        {
+            let mut inner = self.lock();
+            let Some(peer) = inner.peers.get_mut(&id) else {
+                return;
+            };
+            for via in vias {
+                let route = Route {
+                    via: *via,
+                    addr: toward,
+                };
+                let nonce = self.next_nonce();
+                peer.paths.spray_sent(route, nonce, now);
+                pings.push((route, nonce));
+            }
+            peer.pings_sent += pings.len() as u64;
+        }
+        for (route, nonce) in pings {
+            self.send_ping(id.key, route, nonce);
+        }
+    }
+
+    /// The end of a punch: sprays forgotten, and of the extra sockets `vias`, the one the
+    /// chosen path leaves from is kept, the rest closed.
+    fn end_punch(&self, id: PeerId, vias: &[Via]) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let chosen = inner.peers.get_mut(&id).map(|peer| {
+            peer.paths.clear_sprays();
+            peer.paths.choose(now)
+        });
+        for via in vias {
+            let keep = matches!(chosen, Some(Path::Direct(route)) if route.via == *via);
+            if keep {
+                inner.counters.extra_sockets_kept += 1;
+            } else {
+                inner.close_extra(*via);
+            }
+        }
     }
 
     /// Sends due pings until the socket is dropped: run as a task. It sleeps until the next
@@ -493,10 +906,11 @@ impl PathSocket {
             inner.forget_idle(now);
             for (id, peer) in &mut inner.peers {
                 peer.paths.expire(now);
-                for addr in peer.paths.due_pings(now) {
+                for route in peer.paths.due_pings(now) {
                     let nonce = self.next_nonce();
-                    peer.paths.ping_sent(addr, nonce, now);
-                    pings.push((id.key, addr, nonce));
+                    peer.paths.ping_sent(route, nonce, now);
+                    peer.pings_sent += 1;
+                    pings.push((id.key, route, nonce));
                 }
             }
             next = inner
@@ -507,24 +921,44 @@ impl PathSocket {
         }
         // The map's order is random; the order pings go out in must not be.
         pings.sort_unstable();
-        for (peer, addr, nonce) in pings {
-            let probe = Probe {
-                kind: ProbeKind::Ping,
-                sender: self.key.node_id(),
-                sender_instance: self.instance,
-                receiver: peer,
-                nonce,
-                sent_at: self.clock.now(),
-                observed: None,
-            };
-            // A failed send is a lost ping: the next one goes out on schedule.
-            let _ = self.udp.try_send_to(&probe.seal(&self.key), addr);
+        for (peer, route, nonce) in pings {
+            self.send_ping(peer, route, nonce);
         }
         next
     }
 
-    /// A probe arrived from `from` on the primary socket.
-    fn on_probe(&self, datagram: &[u8], from: SocketAddr) {
+    /// Sends a ping to `peer` on `route`. A failed send is a lost ping: the next one goes out
+    /// on schedule.
+    fn send_ping(&self, peer: NodeId, route: Route, nonce: [u8; 16]) {
+        let probe = Probe {
+            kind: ProbeKind::Ping,
+            sender: self.key.node_id(),
+            sender_instance: self.instance,
+            receiver: peer,
+            nonce,
+            sent_at: self.clock.now(),
+            observed: None,
+        };
+        self.lock().counters.pings_sent += 1;
+        let _ = self.send_on(route, &probe.seal(&self.key));
+    }
+
+    /// Sends `datagram` on `route`: from the primary socket or the extra socket it names.
+    fn send_on(&self, route: Route, datagram: &[u8]) -> io::Result<()> {
+        if route.via == PRIMARY {
+            return self.udp.try_send_to(datagram, route.addr);
+        }
+        let socket = self.lock().extras.get(&route.via).map(|e| e.socket.clone());
+        match socket {
+            Some(socket) => socket.try_send_to(datagram, route.addr),
+            // Closed since the path was chosen: lost, like any UDP packet.
+            None => Ok(()),
+        }
+    }
+
+    /// A probe arrived on `route` (our socket, and the address it came from).
+    fn on_probe(&self, datagram: &[u8], route: Route) {
+        let from = route.addr;
         let me = self.key.node_id();
         let now = Instant::now();
         let opened = Probe::open(datagram, me);
@@ -541,6 +975,21 @@ impl PathSocket {
                 return;
             }
         };
+        // The coordinator's answer to a NAT check: not a peer.
+        if let ProbeKind::Pong { echo } = probe.kind {
+            if inner
+                .nat_checks
+                .get(&echo)
+                .is_some_and(|(from_key, _, _)| *from_key == probe.sender)
+            {
+                if let (Some((_, which, answer)), Some(observed)) =
+                    (inner.nat_checks.remove(&echo), probe.observed)
+                {
+                    let _ = answer.try_send((which, to_v4(observed)));
+                }
+                return;
+            }
+        }
         let Some(id) = inner.resolve(probe.sender, probe.sender_instance) else {
             *inner
                 .counters
@@ -550,17 +999,26 @@ impl PathSocket {
             return;
         };
         inner.counters.probes_accepted += 1;
+        let mut ping_back = None;
         let reply = match probe.kind {
             ProbeKind::Ping => {
                 if let Some(peer) = inner.peers.get_mut(&id) {
-                    peer.paths.ping_received(from, now);
+                    peer.paths.ping_received(route, now);
+                    // The peer's NAT just let a packet out toward us: our ping now is the
+                    // round trip that confirms the path (and opens our side of it).
+                    if peer.paths.wants_ping_back(route, now) {
+                        let nonce = self.next_nonce();
+                        peer.paths.ping_sent(route, nonce, now);
+                        peer.pings_sent += 1;
+                        ping_back = Some(nonce);
+                    }
                 }
                 // A new peer-reflexive candidate wants its first ping now.
                 self.wake_driver.notify_one();
-                // Packets from there are shown as this peer's only if no one owns the address
-                // yet: an unconfirmed ping (its source may be spoofed) never takes an address
+                // Packets from there are shown as this peer's only if no one owns the route
+                // yet: an unconfirmed ping (its source may be spoofed) never takes a route
                 // from another peer. A pong to our own ping there does (below).
-                inner.owners.entry(from).or_insert(id);
+                inner.owners.entry(route).or_insert(id);
                 Some(Probe {
                     kind: ProbeKind::Pong { echo: probe.nonce },
                     sender: me,
@@ -575,16 +1033,47 @@ impl PathSocket {
                 let confirmed = inner
                     .peers
                     .get_mut(&id)
-                    .is_some_and(|peer| peer.paths.pong_received(from, echo, now));
+                    .is_some_and(|peer| peer.paths.pong_received(route, echo, now));
                 if confirmed {
-                    inner.owners.insert(from, id);
+                    inner.owners.insert(route, id);
                 }
                 None
             }
         };
         drop(inner);
         if let Some(reply) = reply {
-            let _ = self.udp.try_send_to(&reply.seal(&self.key), from);
+            let _ = self.send_on(route, &reply.seal(&self.key));
+        }
+        if let Some(nonce) = ping_back {
+            self.send_ping(probe.sender, route, nonce);
+        }
+    }
+
+    /// A datagram arrived on the extra socket `via`: a probe, or QUIC from the peer whose
+    /// route it is (anything else is dropped: nobody else was told of the socket).
+    fn on_extra_datagram(&self, via: Via, datagram: &[u8], from: SocketAddr) {
+        let route = Route { via, addr: from };
+        if is_probe(datagram) {
+            self.on_probe(datagram, route);
+            return;
+        }
+        let mut inner = self.lock();
+        let Some(id) = inner.owners.get(&route).copied() else {
+            return;
+        };
+        if let Some(peer) = inner.peers.get_mut(&id) {
+            let now = Instant::now();
+            peer.last_active = now;
+            peer.quic_at = Some(now);
+        }
+        let Some(shown) = inner.mapped.known_addr_of(id) else {
+            return;
+        };
+        if inner.side_inbox.len() < SIDE_INBOX {
+            inner.side_inbox.push_back((datagram.to_vec(), shown));
+        }
+        if let Some(waker) = inner.recv_waker.take() {
+            waker.wake();
         }
     }
 
@@ -610,12 +1099,103 @@ impl PathSocket {
             peer.quic_at = Some(Instant::now());
         }
         let addr = inner.mapped.addr_of(id);
-        if inner.relay_inbox.len() < RELAY_INBOX {
-            inner.relay_inbox.push_back((packet, addr));
+        if inner.side_inbox.len() < SIDE_INBOX {
+            inner.side_inbox.push_back((packet, addr));
         }
         if let Some(waker) = inner.recv_waker.take() {
             waker.wake();
         }
+    }
+}
+
+/// Carries out a punch's plan from `start` (see [`PathSocket::punch`]): one schedule of
+/// rounds, sprays, extra sockets and the end, in time order, so a run replays exactly.
+async fn run_punch(
+    socket: std::sync::Weak<PathSocket>,
+    id: PeerId,
+    steps: Vec<Step>,
+    start: Instant,
+) {
+    enum Event {
+        Round,
+        Spray(usize),
+        OpenSockets(SocketAddr),
+        Reping(SocketAddr),
+        End,
+    }
+    let mut predicted: &[SocketAddr] = &[];
+    let mut sprayed = Vec::new();
+    let mut events: Vec<(Instant, Event)> = punch::ROUNDS
+        .iter()
+        .map(|after| (start + *after, Event::Round))
+        .collect();
+    for step in &steps {
+        match step {
+            Step::Predict(addrs) => predicted = addrs,
+            Step::SprayRandom(ip) => {
+                let Some(live) = socket.upgrade() else {
+                    return;
+                };
+                let ports = {
+                    let mut inner = live.lock();
+                    punch::random_ports(*ip, punch::BIRTHDAY_PROBES, &mut inner.rng)
+                };
+                let batches = ports.len().div_ceil(punch::SPRAY_BATCH);
+                for batch in 0..batches {
+                    let after = punch::SPRAY_EVERY * u32::try_from(batch).unwrap_or(u32::MAX);
+                    events.push((start + after, Event::Spray(batch)));
+                }
+                sprayed = ports;
+            }
+            Step::OpenSockets(toward) => {
+                events.push((start, Event::OpenSockets(*toward)));
+                events.push((start + punch::BIRTHDAY_REPING, Event::Reping(*toward)));
+            }
+        }
+    }
+    events.push((start + punch::PUNCH_WINDOW, Event::End));
+    // Stable: at one instant, in the order pushed (rounds first).
+    events.sort_by_key(|(at, _)| *at);
+    let mut extras = Vec::new();
+    for (at, event) in events {
+        tokio::time::sleep_until(at).await;
+        let Some(live) = socket.upgrade() else {
+            return;
+        };
+        if live.is_dead() {
+            return;
+        }
+        let direct = live.is_direct(id);
+        match event {
+            Event::Round if !direct => live.punch_round(id, predicted),
+            Event::Spray(batch) if !direct => {
+                let from = batch * punch::SPRAY_BATCH;
+                let to = (from + punch::SPRAY_BATCH).min(sprayed.len());
+                live.spray(id, &sprayed[from..to]);
+            }
+            Event::OpenSockets(toward) if !direct => {
+                extras = live.open_extras(id);
+                live.ping_from_extras(id, &extras, toward);
+            }
+            Event::Reping(toward) if !direct => live.ping_from_extras(id, &extras, toward),
+            Event::End => live.end_punch(id, &extras),
+            _ => {}
+        }
+    }
+}
+
+/// Reads an extra socket until it is closed (its task aborted) or the path socket is gone.
+async fn read_extra(socket: std::sync::Weak<PathSocket>, via: Via, extra: Arc<dyn DatagramSocket>) {
+    let mut buf = vec![0u8; EXTRA_BUFFER];
+    loop {
+        let got = std::future::poll_fn(|cx| extra.poll_recv_from(cx, &mut buf)).await;
+        let Ok((len, from)) = got else {
+            return;
+        };
+        let Some(live) = socket.upgrade() else {
+            return;
+        };
+        live.on_extra_datagram(via, &buf[..len], to_v4(from));
     }
 }
 
@@ -674,10 +1254,10 @@ impl DatagramSocket for PathSocket {
             None => (Path::None, None),
         };
         match path {
-            Path::Direct(addr) | Path::Guess(addr) => {
+            Path::Direct(route) | Path::Guess(route) => {
                 inner.counters.direct_bytes += len;
                 drop(inner);
-                self.udp.try_send_to(datagram, addr)
+                self.send_on(route, datagram)
             }
             Path::Relay => {
                 inner.counters.relay_bytes += len;
@@ -713,7 +1293,7 @@ impl DatagramSocket for PathSocket {
     ) -> Poll<io::Result<(usize, SocketAddr)>> {
         {
             let mut inner = self.lock();
-            if let Some((packet, from)) = inner.relay_inbox.pop_front() {
+            if let Some((packet, from)) = inner.side_inbox.pop_front() {
                 let len = packet.len().min(buf.len());
                 buf[..len].copy_from_slice(&packet[..len]);
                 return Poll::Ready(Ok((len, from)));
@@ -726,12 +1306,12 @@ impl DatagramSocket for PathSocket {
                 other => return other,
             };
             if is_probe(&buf[..len]) {
-                self.on_probe(&buf[..len], from);
+                self.on_probe(&buf[..len], Route::primary(from));
                 continue;
             }
             let shown = {
                 let mut inner = self.lock();
-                let owner = inner.owners.get(&from).copied();
+                let owner = inner.owners.get(&Route::primary(from)).copied();
                 if let Some(peer) = owner.and_then(|id| inner.peers.get_mut(&id)) {
                     let now = Instant::now();
                     peer.last_active = now;
@@ -783,7 +1363,7 @@ mod tests {
         // activity: the oldest are the ones forgotten.
         let total = u32::try_from(MAX_PEERS).unwrap() + 10;
         for n in 0..total {
-            socket.on_probe(&ping_from(n, me.node_id()), from);
+            socket.on_probe(&ping_from(n, me.node_id()), Route::primary(from));
             tokio::time::advance(Duration::from_millis(1)).await;
         }
         {
@@ -822,7 +1402,7 @@ mod tests {
         let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let total = u32::try_from(MAX_PEERS).unwrap() + 100;
         for n in 0..total {
-            socket.on_probe(&ping_from(n, me.node_id()), from);
+            socket.on_probe(&ping_from(n, me.node_id()), Route::primary(from));
             tokio::time::advance(Duration::from_micros(10)).await;
         }
         {
@@ -834,7 +1414,7 @@ mod tests {
             assert_eq!(inner.mapped.peer_of(mapped).map(|p| p.key), Some(host));
             assert_eq!(inner.peers.len(), MAX_PEERS);
             assert_eq!(
-                inner.owners.get(&from).map(|id| id.key),
+                inner.owners.get(&Route::primary(from)).map(|id| id.key),
                 Some(host),
                 "an unconfirmed ping took the host's address"
             );
@@ -854,7 +1434,7 @@ mod tests {
                 observed: None,
             }
             .seal(&mallory);
-            socket.on_probe(&ping, from);
+            socket.on_probe(&ping, Route::primary(from));
         }
         let inner = socket.lock();
         let of_mallory = inner

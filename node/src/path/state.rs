@@ -11,6 +11,12 @@
 //!
 //! Switching between two confirmed direct addresses needs a clear gain ([`SWITCH_GAIN`]), so
 //! two paths of similar speed do not flap.
+//!
+//! A direct path is a [`Route`]: the peer's address and which of our sockets it leaves from —
+//! the primary one, or an extra socket hole punching opened toward a peer behind a NAT that
+//! maps per destination (see [`super::punch`]). Pings sprayed at guessed ports are tracked
+//! apart from candidates (there may be a thousand of them); a pong to one makes its address a
+//! confirmed candidate.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,17 +41,54 @@ pub const REFLEXIVE_TRIES: u64 = 3;
 pub const QUICK_TRIES: u64 = 6;
 /// Pings awaiting a pong, per candidate; older ones are forgotten.
 const MAX_OUTSTANDING: usize = 8;
+/// A ping from an unconfirmed candidate is answered with a ping of our own at once (the
+/// peer's NAT has just opened toward us), unless we pinged it this recently.
+pub const PING_BACK_AFTER: Duration = Duration::from_millis(100);
+/// Sprayed pings remembered per peer (birthday probing sends about a thousand).
+pub const MAX_SPRAYS: usize = 2048;
 /// Another confirmed direct path replaces the current one only if its round trip is shorter
 /// by at least this share of the current one...
 pub const SWITCH_GAIN: f64 = 0.2;
 /// ...and by at least this much.
 pub const SWITCH_MIN: Duration = Duration::from_millis(5);
 
+/// Which of our sockets a direct path leaves from: [`PRIMARY`], or an extra socket opened for
+/// hole punching.
+pub type Via = u16;
+/// The primary socket.
+pub const PRIMARY: Via = 0;
+
+/// A direct path: the peer's address, and the socket of ours packets leave from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Route {
+    /// Our socket.
+    pub via: Via,
+    /// The peer's address.
+    pub addr: SocketAddr,
+}
+
+impl Route {
+    /// `addr` from the primary socket.
+    pub fn primary(addr: SocketAddr) -> Self {
+        Self { via: PRIMARY, addr }
+    }
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.via == PRIMARY {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{} (punch socket {})", self.addr, self.via)
+        }
+    }
+}
+
 /// One candidate as `mesh path` shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CandidateState {
-    /// The address.
-    pub addr: SocketAddr,
+    /// The address, and our socket.
+    pub route: Route,
     /// Where it came from.
     pub source: Source,
     /// Whether a round trip on it is recent enough to trust it.
@@ -63,17 +106,19 @@ pub enum Source {
     Listed,
     /// A probe from the peer arrived from it.
     PeerReflexive,
+    /// A pong answered a ping sprayed at a guessed or predicted port (hole punching).
+    Punched,
 }
 
 /// The path packets for a peer take now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
-    /// Straight to this address, confirmed by a round trip.
-    Direct(SocketAddr),
+    /// Straight on this route, confirmed by a round trip.
+    Direct(Route),
     /// Through the relay.
     Relay,
-    /// Straight to this address, not confirmed (no relay is known to fall back to).
-    Guess(SocketAddr),
+    /// Straight on this route, not confirmed (no relay is known to fall back to).
+    Guess(Route),
     /// Nowhere to send.
     None,
 }
@@ -128,7 +173,9 @@ impl Candidate {
 /// One peer's paths.
 #[derive(Debug)]
 pub struct PeerPaths {
-    candidates: HashMap<SocketAddr, Candidate>,
+    candidates: HashMap<Route, Candidate>,
+    /// Pings sprayed at guessed addresses: nonce → where and when.
+    sprays: HashMap<[u8; 16], (Route, Instant)>,
     relay: bool,
     current: Path,
     /// Since when the current path has been direct.
@@ -139,6 +186,7 @@ impl Default for PeerPaths {
     fn default() -> Self {
         Self {
             candidates: HashMap::new(),
+            sprays: HashMap::new(),
             relay: false,
             current: Path::None,
             direct_since: None,
@@ -148,7 +196,7 @@ impl Default for PeerPaths {
 
 impl PeerPaths {
     /// Adds (or refreshes) a candidate direct address.
-    pub fn add_candidate(&mut self, addr: SocketAddr, source: Source, now: Instant) {
+    pub fn add_candidate(&mut self, addr: Route, source: Source, now: Instant) {
         if let Some(candidate) = self.candidates.get_mut(&addr) {
             if source == Source::Listed {
                 candidate.source = Source::Listed;
@@ -170,7 +218,7 @@ impl PeerPaths {
     }
 
     /// Records a ping sent to `addr` with `nonce`.
-    pub fn ping_sent(&mut self, addr: SocketAddr, nonce: [u8; 16], now: Instant) {
+    pub fn ping_sent(&mut self, addr: Route, nonce: [u8; 16], now: Instant) {
         if let Some(candidate) = self.candidates.get_mut(&addr) {
             candidate.last_ping = Some(now);
             candidate.pings += 1;
@@ -181,9 +229,39 @@ impl PeerPaths {
         }
     }
 
+    /// Records a ping sprayed at `addr` (not a candidate yet: a pong makes it one).
+    pub fn spray_sent(&mut self, addr: Route, nonce: [u8; 16], now: Instant) {
+        if self.sprays.len() >= MAX_SPRAYS {
+            return;
+        }
+        self.sprays.insert(nonce, (addr, now));
+    }
+
+    /// Forgets the sprayed pings (a punch is over: late pongs to them mean nothing).
+    pub fn clear_sprays(&mut self) {
+        self.sprays = HashMap::new();
+    }
+
     /// A pong for `echo` arrived from `addr`: if it answers a ping we sent there, the path is
     /// confirmed with the measured round trip. Returns whether it did.
-    pub fn pong_received(&mut self, addr: SocketAddr, echo: [u8; 16], now: Instant) -> bool {
+    pub fn pong_received(&mut self, addr: Route, echo: [u8; 16], now: Instant) -> bool {
+        if !self.candidates.contains_key(&addr) {
+            // The answer to a sprayed ping: that guess was right.
+            let Some((sprayed, sent)) = self.sprays.get(&echo).copied() else {
+                return false;
+            };
+            if sprayed != addr {
+                return false;
+            }
+            self.sprays.remove(&echo);
+            self.add_candidate(addr, Source::Punched, now);
+            let Some(candidate) = self.candidates.get_mut(&addr) else {
+                return false;
+            };
+            candidate.last_pong = Some(now);
+            candidate.rtt = Some(now.saturating_duration_since(sent));
+            return true;
+        }
         let Some(candidate) = self.candidates.get_mut(&addr) else {
             return false;
         };
@@ -198,13 +276,26 @@ impl PeerPaths {
 
     /// A ping from the peer arrived from `addr`: a peer-reflexive candidate (the answer goes
     /// back there; our own ping confirms it).
-    pub fn ping_received(&mut self, addr: SocketAddr, now: Instant) {
+    pub fn ping_received(&mut self, addr: Route, now: Instant) {
         self.add_candidate(addr, Source::PeerReflexive, now);
     }
 
+    /// Whether to answer a ping from `addr` with a ping of our own now: it is not confirmed
+    /// yet, may still be pinged, and was not pinged in the last [`PING_BACK_AFTER`]. (The
+    /// peer's NAT has just let a packet out toward us; our ping back is the round trip that
+    /// confirms the path, without waiting for the next scheduled ping.)
+    pub fn wants_ping_back(&self, addr: Route, now: Instant) -> bool {
+        self.candidates.get(&addr).is_some_and(|c| {
+            !c.confirmed(now)
+                && c.ping_every(now).is_some()
+                && c.last_ping
+                    .is_none_or(|last| now.saturating_duration_since(last) >= PING_BACK_AFTER)
+        })
+    }
+
     /// Candidates due for a ping at `now`.
-    pub fn due_pings(&self, now: Instant) -> Vec<SocketAddr> {
-        let mut due: Vec<SocketAddr> = self
+    pub fn due_pings(&self, now: Instant) -> Vec<Route> {
+        let mut due: Vec<Route> = self
             .candidates
             .iter()
             .filter(|(_, c)| {
@@ -237,6 +328,8 @@ impl PeerPaths {
             let heard = c.last_pong.unwrap_or(c.added);
             c.source == Source::Listed || now.saturating_duration_since(heard) < CANDIDATE_EXPIRY
         });
+        self.sprays
+            .retain(|_, (_, sent)| now.saturating_duration_since(*sent) < CANDIDATE_EXPIRY);
     }
 
     /// The path to use now, updating the current choice (see the module docs).
@@ -293,24 +386,51 @@ impl PeerPaths {
             .candidates
             .iter()
             .map(|(addr, c)| CandidateState {
-                addr: *addr,
+                route: *addr,
                 source: c.source,
                 confirmed: c.confirmed(now),
                 rtt: c.rtt,
                 pings: c.pings,
             })
             .collect();
-        all.sort_unstable_by_key(|c| c.addr);
+        all.sort_unstable_by_key(|c| c.route);
         all
     }
 
+    /// Whether some direct path is confirmed now.
+    pub fn has_confirmed(&self, now: Instant) -> bool {
+        self.candidates.values().any(|c| c.confirmed(now))
+    }
+
+    /// The candidates not confirmed that may still be pinged (a punch round pings them all at
+    /// once), in order.
+    pub fn unconfirmed(&self, now: Instant) -> Vec<Route> {
+        let mut all: Vec<Route> = self
+            .candidates
+            .iter()
+            .filter(|(_, c)| !c.confirmed(now) && c.ping_every(now).is_some())
+            .map(|(route, _)| *route)
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// Forgets every candidate and spray on the socket `via` (it was closed).
+    pub fn forget_via(&mut self, via: Via) {
+        self.candidates.retain(|route, _| route.via != via);
+        self.sprays.retain(|_, (route, _)| route.via != via);
+        if matches!(self.current, Path::Direct(route) | Path::Guess(route) if route.via == via) {
+            self.current = Path::None;
+        }
+    }
+
     /// Whether `addr` is a candidate.
-    pub fn has_candidate(&self, addr: SocketAddr) -> bool {
+    pub fn has_candidate(&self, addr: Route) -> bool {
         self.candidates.contains_key(&addr)
     }
 
     /// The round trip measured on `addr`, if it is confirmed.
-    pub fn rtt(&self, addr: SocketAddr, now: Instant) -> Option<Duration> {
+    pub fn rtt(&self, addr: Route, now: Instant) -> Option<Duration> {
         self.candidates
             .get(&addr)
             .filter(|c| c.confirmed(now))
@@ -327,11 +447,11 @@ fn clearly_faster(candidate: Duration, current: Duration) -> bool {
 mod tests {
     use super::*;
 
-    fn addr(n: u8) -> SocketAddr {
-        SocketAddr::from(([203, 0, 113, n], 7422))
+    fn addr(n: u8) -> Route {
+        Route::primary(SocketAddr::from(([203, 0, 113, n], 7422)))
     }
 
-    fn confirm(paths: &mut PeerPaths, a: SocketAddr, nonce: u8, at: Instant, rtt: Duration) {
+    fn confirm(paths: &mut PeerPaths, a: Route, nonce: u8, at: Instant, rtt: Duration) {
         paths.ping_sent(a, [nonce; 16], at);
         assert!(paths.pong_received(a, [nonce; 16], at + rtt));
     }
@@ -432,7 +552,10 @@ mod tests {
         );
         // Peer-reflexive candidates from a flood of pings stay bounded and expire.
         for port in 0..100u16 {
-            paths.ping_received(SocketAddr::from(([198, 51, 100, 1], 1000 + port)), t0);
+            paths.ping_received(
+                Route::primary(SocketAddr::from(([198, 51, 100, 1], 1000 + port))),
+                t0,
+            );
         }
         assert_eq!(paths.candidates.len(), MAX_CANDIDATES);
         paths.expire(t0 + CANDIDATE_EXPIRY);

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::audit::{AuditEvent, MAX_AUDIT_BATCH};
 use crate::codec::bounded_vec;
 use crate::id::NodeId;
+use crate::nat::NatMapping;
 use crate::time::UnixTime;
 
 /// Most listen addresses a node reports.
@@ -109,6 +110,12 @@ crate::wire_messages! {
         /// Coordinator → node: the relay to use (the answer to [`RelayRequest`]; pushed on a
         /// host's presence stream after [`Welcome`] and whenever it changes).
         42 => UseRelay(UseRelay),
+        /// Coordinator → host (presence stream): a client is about to connect; probe its
+        /// candidates from the given time on (hole punching).
+        43 => Punch(Rendezvous),
+        /// Host → coordinator (presence stream): how the host's NAT maps, as its last check
+        /// found.
+        44 => NatReport(NatReport),
     }
 }
 
@@ -183,6 +190,59 @@ pub struct SessionGrantRequest {
     pub login: Option<String>,
     /// A command (exec) rather than a shell.
     pub command: bool,
+    /// The client's side of the rendezvous: the coordinator passes it to the host, which
+    /// starts probing the client's candidates.
+    #[cfg_attr(test, proptest(strategy = "crate::messages::tests::punch_offer()"))]
+    pub punch: Option<PunchOffer>,
+}
+
+/// What a client tells the coordinator so a host can punch toward it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct PunchOffer {
+    /// The client's path-socket instance (the process the host's probes are for).
+    pub instance: u64,
+    /// Its own addresses (LAN candidates); the coordinator adds the one it observes.
+    #[serde(deserialize_with = "bounded_vec::<_, _, MAX_LISTEN_ADDRS>")]
+    #[cfg_attr(
+        test,
+        proptest(strategy = "crate::messages::tests::socket_addrs(MAX_LISTEN_ADDRS)")
+    )]
+    pub addrs: Vec<SocketAddr>,
+    /// How its NAT maps.
+    #[cfg_attr(test, proptest(strategy = "crate::messages::tests::nat_mapping()"))]
+    pub nat: NatMapping,
+}
+
+/// The coordinator to a host: a client's candidates and when to start probing them.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Rendezvous {
+    /// The client's key.
+    pub peer: NodeId,
+    /// Its path-socket instance.
+    pub peer_instance: u64,
+    /// Its candidates, best first: where the coordinator saw it, then its own addresses.
+    #[serde(deserialize_with = "bounded_vec::<_, _, MAX_LISTEN_ADDRS>")]
+    #[cfg_attr(
+        test,
+        proptest(strategy = "crate::messages::tests::socket_addrs(MAX_LISTEN_ADDRS)")
+    )]
+    pub addrs: Vec<SocketAddr>,
+    /// How its NAT maps.
+    #[cfg_attr(test, proptest(strategy = "crate::messages::tests::nat_mapping()"))]
+    pub nat: NatMapping,
+    /// When both sides start probing, in the coordinator's time.
+    pub start_at: UnixTime,
+}
+
+/// A host's NAT, as its last check found.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct NatReport {
+    /// How it maps.
+    #[cfg_attr(test, proptest(strategy = "crate::messages::tests::nat_mapping()"))]
+    pub nat: NatMapping,
 }
 
 /// Where to reach a host.
@@ -200,6 +260,15 @@ pub struct HostContact {
         proptest(strategy = "crate::messages::tests::socket_addrs(MAX_LISTEN_ADDRS)")
     )]
     pub addrs: Vec<SocketAddr>,
+    /// How the host's NAT maps (as its last check found).
+    #[cfg_attr(test, proptest(strategy = "crate::messages::tests::nat_mapping()"))]
+    pub nat: NatMapping,
+    /// When the host starts probing this client's candidates, in the coordinator's time;
+    /// `None`: no rendezvous (none was offered, or the host is offline).
+    pub punch_at: Option<UnixTime>,
+    /// The coordinator's time when it answered (the client corrects its clock by it to meet
+    /// `punch_at`).
+    pub coordinator_time: UnixTime,
 }
 
 /// A granted session.
@@ -300,6 +369,9 @@ pub struct RelayInfo {
 pub struct ContactRequest {
     /// The host's name.
     pub host: String,
+    /// The client's side of a rendezvous, to punch toward the host as a session would.
+    #[cfg_attr(test, proptest(strategy = "crate::messages::tests::punch_offer()"))]
+    pub punch: Option<PunchOffer>,
 }
 
 /// Ask for a page of the directory (hosts by name).

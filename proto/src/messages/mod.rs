@@ -20,4 +20,4 @@ pub const SESSION_ALPN: &[u8] = b"mesh/session/1";
 pub const RELAY_ALPN: &[u8] = b"mesh/relay/1";
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
