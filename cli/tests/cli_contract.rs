@@ -30,7 +30,7 @@ const CONTRACT: &[&str] = &[
     "mesh role list [--json]",
     "mesh role remove NAME",
     "mesh netsim run SCENARIO [--seed N] [--json]",
-    "mesh netsim matrix [--json]",
+    "mesh netsim matrix [--seeds N] [--json]",
     "mesh revoke grant ID",
     "mesh revoke device NODE_ID",
     "mesh revoke user NAME",
