@@ -159,6 +159,10 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             netsim::logging();
             netsim::matrix(seeds, json.json)
         }
+        Command::Netsim(NetsimCommand::Population { pairs, seed, json }) => {
+            netsim::logging();
+            netsim::population(pairs, seed, json.json)
+        }
         Command::Revoke(revoke) => {
             let what = match revoke {
                 RevokeCommand::Grant { id } => RevokeWhat::Grant(

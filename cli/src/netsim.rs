@@ -1,11 +1,12 @@
-//! `mesh netsim run FILE [--seed N] [--json]` and `mesh netsim matrix [--seeds N] [--json]`:
-//! the real mesh over a simulated internet of NATs, in virtual time (see `mesh-netsim`).
+//! `mesh netsim run FILE [--seed N] [--json]`, `mesh netsim matrix [--seeds N] [--json]` and
+//! `mesh netsim population [--pairs N] [--seed S] [--json]`: the real mesh over a simulated
+//! internet of NATs, in virtual time (see `mesh-netsim`).
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use mesh_netsim::matrix;
 use mesh_netsim::scenario::Scenario;
+use mesh_netsim::{matrix, population};
 
 use crate::exit::Failure;
 
@@ -82,6 +83,25 @@ pub(crate) fn matrix(seeds: u64, json: bool) -> Result<ExitCode, Failure> {
             "{} of {} pairs failed (no session, or the shell did not answer)",
             matrix.failed,
             matrix.pairs.len()
+        )))
+    }
+}
+
+/// Runs a population of `pairs` pairs drawn with `seed` and prints the report; exits 1 when a
+/// pair failed.
+pub(crate) fn population(pairs: usize, seed: u64, json: bool) -> Result<ExitCode, Failure> {
+    let report = population::run(pairs, seed);
+    print_report(
+        json,
+        || serde_json::to_string_pretty(&report),
+        || population::to_text(&report),
+    )?;
+    if report.failed == 0 {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(Failure::Failed(format!(
+            "{} of {} pairs failed (no session, or the shell did not answer; seed {seed})",
+            report.failed, report.pairs
         )))
     }
 }

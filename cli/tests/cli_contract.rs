@@ -31,6 +31,7 @@ const CONTRACT: &[&str] = &[
     "mesh role remove NAME",
     "mesh netsim run SCENARIO [--seed N] [--json]",
     "mesh netsim matrix [--seeds N] [--json]",
+    "mesh netsim population [--pairs N] [--seed S] [--json]",
     "mesh revoke grant ID",
     "mesh revoke device NODE_ID",
     "mesh revoke user NAME",

@@ -23,6 +23,9 @@
 //! ([`parallel_map`]), and the table comes out in pair order, then seed order, whatever the
 //! threads did. The full matrix (65 pairs × 20 seeds) takes seconds in a release build; it is a
 //! command to run, not part of the test suite, which runs one seed.
+//!
+//! [`population`](crate::population) reuses [`scenario`], [`run_seed`] and [`parallel_map`]
+//! with other link latencies ([`Latencies`]).
 
 use std::num::NonZero;
 use std::panic::AssertUnwindSafe;

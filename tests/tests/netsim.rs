@@ -1,7 +1,7 @@
 //! `mesh netsim` as a tester uses it: a scenario's JSON report is the same, byte for byte, from
 //! two separate processes with the same seed and differs with another seed; failed
 //! expectations and bad files exit 1 with one line; the matrix lists every pair (one seed, to
-//! stay cheap).
+//! stay cheap); a population reports its pairs and replays with its seed.
 
 // Test helpers outside #[test] functions: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -190,4 +190,39 @@ fn the_matrix_lists_every_pair_with_expected_and_observed_outcomes() {
         )),
         "{table}"
     );
+}
+
+#[test]
+fn a_population_reports_its_pairs_and_replays_with_its_seed() {
+    let args = ["population", "--pairs", "8", "--seed", "2", "--json"];
+    let out = netsim(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["pairs"], 8);
+    assert_eq!(report["seed"], 2);
+    assert_eq!(report["failed"], 0);
+    assert_eq!(report["runs"].as_array().unwrap().len(), 8);
+    let count = |field: &str| report[field].as_u64().unwrap();
+    assert_eq!(count("direct") + count("relay"), 8);
+    for field in [
+        "direct_share",
+        "direct_possible",
+        "direct_of_possible",
+        "direct_of_possible_share",
+        "time_to_direct_p50_ms",
+        "time_to_direct_p95_ms",
+        "breakdown",
+    ] {
+        assert!(report.get(field).is_some(), "no {field}: {report}");
+    }
+    assert_eq!(netsim(&args).stdout, out.stdout, "seed 2 did not replay");
+    let out = netsim(&["population", "--pairs", "8", "--seed", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&format!("8 pairs: {} direct", count("direct"))),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = netsim(&["population", "--pairs", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
