@@ -21,8 +21,10 @@
 //! Every run is its own paused current-thread runtime ([`Scenario::run`]), so the runs are
 //! independent: they run on as many worker threads as the machine has cores
 //! ([`parallel_map`]), and the table comes out in pair order, then seed order, whatever the
-//! threads did. The full matrix (65 pairs × 20 seeds) takes seconds in a release build; it is a
-//! command to run, not part of the test suite, which runs one seed.
+//! threads did. The full matrix (65 pairs × 20 seeds) takes seconds in a release build — most
+//! of the wall time is the simulated agents' fsyncs in their temporary homes, so `TMPDIR` on a
+//! tmpfs makes it several times faster —; it is a command to run, not part of the test suite,
+//! which runs one seed.
 //!
 //! [`population`](crate::population) reuses [`scenario`], [`run_seed`] and [`parallel_map`]
 //! with other link latencies ([`Latencies`]).
