@@ -408,8 +408,29 @@ pub(crate) enum NetsimCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
-    /// Run every pair of NAT types and print the table.
-    Matrix(JsonFlag),
+    /// Run every pair of NAT types over seeds 1 to N and print the table (exit 1 if a pair
+    /// failed).
+    Matrix {
+        /// Run each pair once with every seed from 1 to N.
+        #[arg(long, value_name = "N", default_value_t = mesh_netsim::matrix::DEFAULT_SEEDS,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        seeds: u64,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Run a population of pairs whose sites are drawn from a fixed mix of NAT types and
+    /// report how many went direct (exit 1 if a pair failed).
+    Population {
+        /// How many pairs to draw and run.
+        #[arg(long, value_name = "N", default_value_t = mesh_netsim::population::DEFAULT_PAIRS,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        pairs: usize,
+        /// Seed of the draws; the same seed gives the same population and runs.
+        #[arg(long, value_name = "S", default_value_t = mesh_netsim::population::DEFAULT_SEED)]
+        seed: u64,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -155,9 +155,13 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             netsim::logging();
             netsim::run(&scenario, seed, json.json)
         }
-        Command::Netsim(NetsimCommand::Matrix(json)) => {
+        Command::Netsim(NetsimCommand::Matrix { seeds, json }) => {
             netsim::logging();
-            netsim::matrix(json.json)
+            netsim::matrix(seeds, json.json)
+        }
+        Command::Netsim(NetsimCommand::Population { pairs, seed, json }) => {
+            netsim::logging();
+            netsim::population(pairs, seed, json.json)
         }
         Command::Revoke(revoke) => {
             let what = match revoke {

@@ -1,11 +1,12 @@
-//! `mesh netsim run FILE [--seed N] [--json]` and `mesh netsim matrix [--json]`: the real mesh
-//! over a simulated internet of NATs, in virtual time (see `mesh-netsim`).
+//! `mesh netsim run FILE [--seed N] [--json]`, `mesh netsim matrix [--seeds N] [--json]` and
+//! `mesh netsim population [--pairs N] [--seed S] [--json]`: the real mesh over a simulated
+//! internet of NATs, in virtual time (see `mesh-netsim`).
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use mesh_netsim::matrix;
 use mesh_netsim::scenario::Scenario;
+use mesh_netsim::{matrix, population};
 
 use crate::exit::Failure;
 
@@ -66,17 +67,59 @@ pub(crate) fn run(file: &Path, seed: Option<u64>, json: bool) -> Result<ExitCode
     }
 }
 
-/// Runs the NAT-type matrix and prints it.
-pub(crate) fn matrix(json: bool) -> Result<ExitCode, Failure> {
-    let rows = matrix::run();
+/// Runs the NAT-type matrix over seeds 1 to `seeds` and prints it; exits 1 when a pair failed
+/// (a pair relayed where a direct path was expected is a mismatch in the table, not a failure).
+pub(crate) fn matrix(seeds: u64, json: bool) -> Result<ExitCode, Failure> {
+    let matrix = matrix::run(seeds);
+    print_report(
+        json,
+        || serde_json::to_string_pretty(&matrix),
+        || matrix::to_text(&matrix),
+    )?;
+    if matrix.failed == 0 {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(Failure::Failed(format!(
+            "{} of {} pairs failed (no session, or the shell did not answer)",
+            matrix.failed,
+            matrix.pairs.len()
+        )))
+    }
+}
+
+/// Runs a population of `pairs` pairs drawn with `seed` and prints the report; exits 1 when a
+/// pair failed.
+pub(crate) fn population(pairs: usize, seed: u64, json: bool) -> Result<ExitCode, Failure> {
+    let report = population::run(pairs, seed);
+    print_report(
+        json,
+        || serde_json::to_string_pretty(&report),
+        || population::to_text(&report),
+    )?;
+    if report.failed == 0 {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(Failure::Failed(format!(
+            "{} of {} pairs failed (no session, or the shell did not answer; seed {seed})",
+            report.failed, report.pairs
+        )))
+    }
+}
+
+/// Prints a report as the JSON `to_json` makes when `json`, else as the text `text` makes.
+fn print_report(
+    json: bool,
+    to_json: impl FnOnce() -> serde_json::Result<String>,
+    text: impl FnOnce() -> String,
+) -> Result<(), Failure> {
     if json {
-        let text = serde_json::to_string_pretty(&rows)
-            .map_err(|e| Failure::Failed(format!("cannot write the table: {e}")))?;
+        let text =
+            to_json().map_err(|e| Failure::Failed(format!("cannot write the report: {e}")))?;
         println!("{text}");
     } else {
-        print!("{}", matrix::to_text(&rows));
+        print!("{}", text());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// TOML errors span several lines (the offending line, a caret); keep the first and the

@@ -16,6 +16,7 @@ pub mod link;
 pub mod matrix;
 pub mod mesh;
 pub mod nat;
+pub mod population;
 pub mod scenario;
 pub mod stream;
 mod tcp;

@@ -1,6 +1,7 @@
 //! `mesh netsim` as a tester uses it: a scenario's JSON report is the same, byte for byte, from
 //! two separate processes with the same seed and differs with another seed; failed
-//! expectations and bad files exit 1 with one line; the matrix lists every pair.
+//! expectations and bad files exit 1 with one line; the matrix lists every pair (one seed, to
+//! stay cheap); a population reports its pairs and replays with its seed.
 
 // Test helpers outside #[test] functions: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -117,22 +118,49 @@ fn a_bad_scenario_file_is_one_line_and_exit_1() {
 
 #[test]
 fn the_matrix_lists_every_pair_with_expected_and_observed_outcomes() {
-    let out = netsim(&["matrix", "--json"]);
+    // One seed keeps it cheap; `mesh netsim matrix` (20 seeds) is the measurement.
+    let out = netsim(&["matrix", "--seeds", "1", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let matrix: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(matrix["seeds"], 1);
+    assert_eq!(matrix["failed"], 0);
+    let rows = matrix["pairs"].as_array().unwrap();
     assert_eq!(rows.len(), 65);
-    for row in &rows {
-        for field in ["a", "b", "expected", "observed", "time_to_direct_ms"] {
+    let mut as_expected = 0;
+    for row in rows {
+        for field in [
+            "a",
+            "b",
+            "expected",
+            "observed",
+            "direct",
+            "relay",
+            "failed",
+            "time_to_direct_p50_ms",
+            "time_to_direct_p95_ms",
+            "runs",
+        ] {
             assert!(row.get(field).is_some(), "{row}: no {field}");
         }
         let observed = row["observed"].as_str().unwrap();
         assert!(["direct", "relay", "failed"].contains(&observed), "{row}");
+        let runs = row["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 1, "{row}");
+        assert_eq!(runs[0]["seed"], 1, "{row}");
+        assert_eq!(runs[0]["observed"], observed, "{row}");
         assert_eq!(
-            row["time_to_direct_ms"].is_number(),
+            runs[0]["time_to_direct_ms"].is_number(),
             observed == "direct",
             "{row}"
         );
+        assert_eq!(
+            row["time_to_direct_p50_ms"].is_number(),
+            observed == "direct",
+            "{row}"
+        );
+        as_expected += usize::from(row["expected"] == row["observed"]);
     }
+    assert_eq!(matrix["as_expected"], as_expected);
     let find = |a: &str, b: &str| {
         rows.iter()
             .find(|r| r["a"] == a && r["b"] == b)
@@ -143,9 +171,58 @@ fn the_matrix_lists_every_pair_with_expected_and_observed_outcomes() {
         find("symmetric-random", "symmetric-random")["expected"],
         "relay"
     );
+    assert_eq!(
+        find("symmetric-sequential", "symmetric-sequential")["expected"],
+        "relay"
+    );
     assert_eq!(find("udp-blocked", "public")["expected"], "relay");
     assert_eq!(
         find("port-restricted", "symmetric-random")["expected"],
         "direct"
     );
+    // The table says the same in words, with the summary last.
+    let out = netsim(&["matrix", "--seeds", "1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(
+        table.ends_with(&format!(
+            "{as_expected} of 65 pairs as expected; 0 failed\n"
+        )),
+        "{table}"
+    );
+}
+
+#[test]
+fn a_population_reports_its_pairs_and_replays_with_its_seed() {
+    let args = ["population", "--pairs", "8", "--seed", "2", "--json"];
+    let out = netsim(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["pairs"], 8);
+    assert_eq!(report["seed"], 2);
+    assert_eq!(report["failed"], 0);
+    assert_eq!(report["runs"].as_array().unwrap().len(), 8);
+    let count = |field: &str| report[field].as_u64().unwrap();
+    assert_eq!(count("direct") + count("relay"), 8);
+    for field in [
+        "direct_share",
+        "direct_possible",
+        "direct_of_possible",
+        "direct_of_possible_share",
+        "time_to_direct_p50_ms",
+        "time_to_direct_p95_ms",
+        "breakdown",
+    ] {
+        assert!(report.get(field).is_some(), "no {field}: {report}");
+    }
+    assert_eq!(netsim(&args).stdout, out.stdout, "seed 2 did not replay");
+    let out = netsim(&["population", "--pairs", "8", "--seed", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&format!("8 pairs: {} direct", count("direct"))),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = netsim(&["population", "--pairs", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
