@@ -856,18 +856,23 @@ impl PathSocket {
         }
     }
 
-    /// The end of a punch: sprays forgotten, and of the extra sockets `vias`, the one the
-    /// chosen path leaves from is kept, the rest closed.
+    /// The end of a punch: sprays forgotten, and of the extra sockets `vias`, those carrying a
+    /// confirmed path are kept (the peer may send on any of them: its choice need not be
+    /// ours; at most the peer's candidate bound of them), the rest closed.
     fn end_punch(&self, id: PeerId, vias: &[Via]) {
         let now = Instant::now();
         let mut inner = self.lock();
-        let chosen = inner.peers.get_mut(&id).map(|peer| {
+        let confirmed: Vec<Via> = inner.peers.get_mut(&id).map_or_else(Vec::new, |peer| {
             peer.paths.clear_sprays();
-            peer.paths.choose(now)
+            peer.paths
+                .candidates(now)
+                .iter()
+                .filter(|c| c.confirmed)
+                .map(|c| c.route.via)
+                .collect()
         });
         for via in vias {
-            let keep = matches!(chosen, Some(Path::Direct(route)) if route.via == *via);
-            if keep {
+            if confirmed.contains(via) {
                 inner.counters.extra_sockets_kept += 1;
             } else {
                 inner.close_extra(*via);
@@ -1138,18 +1143,23 @@ async fn run_punch(
                 };
                 let ports = {
                     let mut inner = live.lock();
-                    punch::random_ports(*ip, punch::BIRTHDAY_PROBES, &mut inner.rng)
+                    let count = punch::BIRTHDAY_PROBES * punch::SPRAY_PASSES;
+                    punch::random_ports(*ip, count, &mut inner.rng)
                 };
-                let batches = ports.len().div_ceil(punch::SPRAY_BATCH);
-                for batch in 0..batches {
-                    let after = punch::SPRAY_EVERY * u32::try_from(batch).unwrap_or(u32::MAX);
-                    events.push((start + after, Event::Spray(batch)));
+                let per_pass = punch::BIRTHDAY_PROBES.div_ceil(punch::SPRAY_BATCH);
+                for pass in 0..punch::SPRAY_PASSES {
+                    let began = start + punch::SECOND_PASS * u32::try_from(pass).unwrap_or(0);
+                    for batch in 0..per_pass {
+                        let after = punch::SPRAY_EVERY * u32::try_from(batch).unwrap_or(u32::MAX);
+                        events.push((began + after, Event::Spray(pass * per_pass + batch)));
+                    }
                 }
                 sprayed = ports;
             }
             Step::OpenSockets(toward) => {
-                events.push((start, Event::OpenSockets(*toward)));
-                events.push((start + punch::BIRTHDAY_REPING, Event::Reping(*toward)));
+                let opened = start + punch::BIRTHDAY_AFTER;
+                events.push((opened, Event::OpenSockets(*toward)));
+                events.push((opened + punch::BIRTHDAY_REPING, Event::Reping(*toward)));
             }
         }
     }
@@ -1169,7 +1179,7 @@ async fn run_punch(
         match event {
             Event::Round if !direct => live.punch_round(id, predicted),
             Event::Spray(batch) if !direct => {
-                let from = batch * punch::SPRAY_BATCH;
+                let from = (batch * punch::SPRAY_BATCH).min(sprayed.len());
                 let to = (from + punch::SPRAY_BATCH).min(sprayed.len());
                 live.spray(id, &sprayed[from..to]);
             }
