@@ -206,6 +206,21 @@ pub struct Mesh {
     relay_setups: HashMap<String, AgentSetup>,
 }
 
+/// Where the simulated agents' audit spools live: in memory (`/dev/shm`) where there is one,
+/// since every append is fsync'd and a run of the matrix makes thousands of them (on disk they
+/// take most of its time); else the usual temporary directory.
+fn spool_root() -> std::io::Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("mesh-netsim-");
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = builder.tempdir_in(shm) {
+            return Ok(dir);
+        }
+    }
+    builder.tempdir()
+}
+
 impl Mesh {
     /// A mesh in `world` whose keys derive from `seed`. Call inside the simulation's runtime.
     pub fn new(world: World, seed: u64) -> Result<Self, String> {
@@ -219,12 +234,9 @@ impl Mesh {
             agents: HashMap::new(),
             setups: HashMap::new(),
             devices: HashMap::new(),
-            spool_root: tempfile::Builder::new()
-                .prefix("mesh-netsim-")
-                .tempdir()
-                .map_err(|e| {
-                    format!("cannot make a directory for the agents' audit spools: {e}")
-                })?,
+            spool_root: spool_root().map_err(|e| {
+                format!("cannot make a directory for the agents' audit spools: {e}")
+            })?,
             relays: HashMap::new(),
             relay_setups: HashMap::new(),
         })

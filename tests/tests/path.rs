@@ -53,6 +53,21 @@ fn mesh_path_reports_the_confirmed_direct_path_its_candidates_and_the_relay() {
         "{report}"
     );
 
+    // The NAT check against the coordinator's two ports: on loopback there is no NAT.
+    assert_eq!(report["nat"]["this_device"], "none", "{report}");
+    assert_eq!(report["nat"]["host"], "none", "{report}");
+    // The coordinator arranged a rendezvous: the host punched toward this device too.
+    let punch = &report["punch"];
+    assert_eq!(punch["rendezvous"], true, "{report}");
+    assert!(punch["probes_sent"].as_u64().unwrap() >= 1, "{report}");
+    // On loopback the first ping confirms the path before the punch's start: no round is
+    // needed (rounds go out only while no direct path is confirmed).
+    assert!(punch["punch_rounds"].as_u64().is_some(), "{report}");
+    let first_byte = punch["time_to_first_byte_ms"].as_f64().unwrap();
+    let to_direct = punch["time_to_direct_ms"].as_f64().unwrap();
+    assert!(first_byte > 0.0 && to_direct > 0.0, "{report}");
+    assert_eq!(punch["bytes_relayed"], sent["relay"], "{report}");
+
     let out = fleet.admin(&["path", "edge-01"]);
     let shown = text(&out.stdout);
     assert!(
@@ -60,6 +75,10 @@ fn mesh_path_reports_the_confirmed_direct_path_its_candidates_and_the_relay() {
         "{shown}"
     );
     assert!(shown.contains("confirmed, rtt"), "{shown}");
+    assert!(
+        shown.contains("nat         this device: none; host: none"),
+        "{shown}"
+    );
 
     // `mesh hosts` shows the same path, probed.
     let hosts = json(&fleet.admin(&["hosts", "--json"]));

@@ -55,6 +55,8 @@ const NAT_CHECK_RETRIES: [Duration; 3] = [
 ];
 /// How long the NAT check waits for its answers.
 const NAT_CHECK_LIMIT: Duration = Duration::from_millis(1500);
+/// The longest the extra sockets of a birthday attempt are waited for to become writable.
+const EXTRA_READY_LIMIT: Duration = Duration::from_millis(100);
 /// Largest datagram read from an extra socket.
 const EXTRA_BUFFER: usize = 2048;
 /// The longest the driver sleeps when no ping is due: idle peers are forgotten on this beat.
@@ -629,6 +631,17 @@ impl PathSocket {
         self.lock().own_nat
     }
 
+    /// Takes `nat` as this node's NAT, as if a check had found it (a node that knows better,
+    /// and tests).
+    pub fn assume_nat(&self, nat: NatMapping) {
+        self.lock().own_nat = nat;
+    }
+
+    /// How many extra sockets (for birthday probing) are open now.
+    pub fn extra_sockets_open(&self) -> usize {
+        self.lock().extras.len()
+    }
+
     /// Learns how this node's NAT maps: pings the coordinator (`coordinator`, whose key
     /// answers) at its main address `main` and at its check port, and compares the addresses
     /// it saw ([`mesh_proto::nat`]). Pings again for a missing answer; gives `Unknown` when
@@ -829,6 +842,14 @@ impl PathSocket {
             opened.push(via);
         }
         opened
+    }
+
+    /// The extra sockets `vias` (those still open).
+    fn extra_sockets(&self, vias: &[Via]) -> Vec<Arc<dyn DatagramSocket>> {
+        let inner = self.lock();
+        vias.iter()
+            .filter_map(|via| inner.extras.get(via).map(|e| e.socket.clone()))
+            .collect()
     }
 
     /// Pings `toward` from each extra socket in `vias`.
@@ -1185,6 +1206,19 @@ async fn run_punch(
             }
             Event::OpenSockets(toward) if !direct => {
                 extras = live.open_extras(id);
+                let sockets = live.extra_sockets(&extras);
+                drop(live);
+                // A new socket takes a send only once the reactor has seen it writable (a
+                // send before that is refused as if the buffer were full).
+                let ready = async {
+                    for socket in &sockets {
+                        let _ = std::future::poll_fn(|cx| socket.poll_send_ready(cx)).await;
+                    }
+                };
+                let _ = tokio::time::timeout(EXTRA_READY_LIMIT, ready).await;
+                let Some(live) = socket.upgrade() else {
+                    return;
+                };
                 live.ping_from_extras(id, &extras, toward);
             }
             Event::Reping(toward) if !direct => live.ping_from_extras(id, &extras, toward),

@@ -536,6 +536,63 @@ mod tests {
     }
 
     #[test]
+    fn a_pong_to_a_sprayed_ping_makes_a_confirmed_candidate_only_from_where_it_was_sprayed() {
+        let t0 = Instant::now();
+        let mut paths = PeerPaths::default();
+        paths.set_relay(true);
+        let guess = addr(9);
+        paths.spray_sent(guess, [5; 16], t0);
+        // Another address answering that nonce, or an unknown nonce: nothing.
+        assert!(!paths.pong_received(addr(8), [5; 16], t0));
+        assert!(!paths.pong_received(guess, [6; 16], t0));
+        assert_eq!(paths.choose(t0), Path::Relay);
+        let later = t0 + Duration::from_millis(40);
+        assert!(paths.pong_received(guess, [5; 16], later));
+        assert_eq!(paths.choose(later), Path::Direct(guess));
+        assert_eq!(paths.rtt(guess, later), Some(Duration::from_millis(40)));
+        assert_eq!(paths.candidates(later)[0].source, Source::Punched);
+        // A spray's nonce counts once; cleared sprays count never.
+        assert!(!paths.pong_received(addr(7), [5; 16], later));
+        paths.spray_sent(addr(7), [7; 16], later);
+        paths.clear_sprays();
+        assert!(!paths.pong_received(addr(7), [7; 16], later));
+    }
+
+    #[test]
+    fn a_ping_from_an_unconfirmed_candidate_is_pinged_back_once_in_a_while() {
+        let t0 = Instant::now();
+        let mut paths = PeerPaths::default();
+        let from = addr(3);
+        paths.ping_received(from, t0);
+        assert!(paths.wants_ping_back(from, t0));
+        paths.ping_sent(from, [1; 16], t0);
+        assert!(!paths.wants_ping_back(from, t0 + PING_BACK_AFTER / 2));
+        assert!(paths.wants_ping_back(from, t0 + PING_BACK_AFTER));
+        assert!(paths.pong_received(from, [1; 16], t0 + PING_BACK_AFTER));
+        assert!(
+            !paths.wants_ping_back(from, t0 + PING_BACK_AFTER * 3),
+            "a confirmed path needs no ping back"
+        );
+        assert!(!paths.wants_ping_back(addr(4), t0), "not a candidate");
+    }
+
+    #[test]
+    fn a_closed_socket_takes_its_routes_with_it() {
+        let t0 = Instant::now();
+        let mut paths = PeerPaths::default();
+        let through_extra = Route {
+            via: 7,
+            addr: SocketAddr::from(([198, 51, 100, 2], 4000)),
+        };
+        paths.add_candidate(through_extra, Source::PeerReflexive, t0);
+        confirm(&mut paths, through_extra, 1, t0, Duration::from_millis(10));
+        assert_eq!(paths.choose(t0), Path::Direct(through_extra));
+        paths.forget_via(7);
+        assert!(!paths.has_candidate(through_extra));
+        assert_eq!(paths.choose(t0), Path::None);
+    }
+
+    #[test]
     fn pings_are_frequent_until_confirmed_then_heartbeats_and_candidates_are_bounded() {
         let t0 = Instant::now();
         let mut paths = PeerPaths::default();
