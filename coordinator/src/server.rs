@@ -732,22 +732,12 @@ impl<S: Store> Coordinator<S> {
         };
         let slower = side.rtt.max(live.quic.rtt());
         let start_at = now.saturating_add(slower / 2 + PUNCH_LEAD);
-        // The address its control connection comes from is the client's reflexive candidate
-        // (the same socket carries the session), unless it came over a TCP stream.
-        let mut addrs = Vec::with_capacity(MAX_LISTEN_ADDRS);
-        if !is_stream_addr(side.observed) {
-            addrs.push(side.observed);
-        }
-        for addr in offer.addrs {
-            if addrs.len() < MAX_LISTEN_ADDRS && !addrs.contains(&addr) {
-                addrs.push(addr);
-            }
-        }
+        let (addrs, nat) = vouched_candidates(side.observed, offer.addrs, offer.nat);
         let punch = ControlMessage::Punch(Rendezvous {
             peer: client,
             peer_instance: offer.instance,
             addrs,
-            nat: offer.nat,
+            nat,
             start_at,
         });
         if live.push.try_send(punch).is_ok() {
@@ -943,9 +933,10 @@ impl<S: Store> Coordinator<S> {
                             write_frame(&mut send, &reply).await?;
                         }
                         Some(ControlMessage::NatReport(report)) => {
+                            let (_, nat) = vouched_candidates(observed, Vec::new(), report.nat);
                             if let Some(live) = self.lock_presence().get_mut(&peer) {
                                 if live.id == id {
-                                    live.nat = report.nat;
+                                    live.nat = nat;
                                 }
                             }
                         }
@@ -1128,6 +1119,51 @@ impl<S: Store> Coordinator<S> {
             .get(&host)
             .is_some_and(|p| p.push.try_send(message).is_ok())
     }
+}
+
+/// What the coordinator passes on of a node's own account of where it is (`offer` addresses
+/// and its NAT), next to `observed`, where its connection came from. Peers probe what it says,
+/// and against a random NAT spray a thousand pings at the address it names: so only addresses
+/// a node can own are passed on — `observed` first (unless it came over a TCP stream, whose
+/// mapping says nothing of UDP), then private, unique-local or (for a node on loopback)
+/// loopback ones —, and a NAT naming an external address other than `observed`'s is taken as
+/// unknown. No node can turn the mesh's probes on a third party.
+fn vouched_candidates(
+    observed: std::net::SocketAddr,
+    offered: Vec<std::net::SocketAddr>,
+    nat: NatMapping,
+) -> (Vec<std::net::SocketAddr>, NatMapping) {
+    let over_stream = is_stream_addr(observed);
+    let mut addrs = Vec::with_capacity(MAX_LISTEN_ADDRS);
+    if !over_stream {
+        addrs.push(observed);
+    }
+    let observed_ip = observed.ip().to_canonical();
+    let own = |addr: &std::net::SocketAddr| match addr.ip().to_canonical() {
+        // Private, or the shared space carrier NATs number their insides from (100.64/10).
+        std::net::IpAddr::V4(ip) => {
+            ip.is_private()
+                || (ip.octets()[0] == 100 && ip.octets()[1] & 0xc0 == 64)
+                || (ip.is_loopback() && observed_ip.is_loopback())
+        }
+        std::net::IpAddr::V6(ip) => {
+            ip.is_unique_local() || (ip.is_loopback() && observed_ip.is_loopback())
+        }
+    };
+    for addr in offered {
+        if addrs.len() < MAX_LISTEN_ADDRS && !addrs.contains(&addr) && own(&addr) {
+            addrs.push(addr);
+        }
+    }
+    let nat = match nat {
+        _ if over_stream => NatMapping::Unknown,
+        NatMapping::Sequential { latest, .. } if latest.ip().to_canonical() != observed_ip => {
+            NatMapping::Unknown
+        }
+        NatMapping::Random { ip } if ip.to_canonical() != observed_ip => NatMapping::Unknown,
+        other => other,
+    };
+    (addrs, nat)
 }
 
 /// Addresses a client should try for a host: where the coordinator saw it (the same socket
@@ -1354,6 +1390,55 @@ mod tests {
                 None => return (names, pages),
             }
         }
+    }
+
+    #[test]
+    fn a_nodes_own_account_is_passed_on_only_where_it_can_be_true() {
+        let observed: std::net::SocketAddr = "198.51.100.7:40000".parse().unwrap();
+        let offered = vec![
+            "10.0.0.5:40000".parse().unwrap(),
+            "100.64.3.2:40000".parse().unwrap(),
+            "[fd00::5]:40000".parse().unwrap(),
+            // A third party's address: never probed on a node's word.
+            "192.0.2.99:53".parse().unwrap(),
+            "127.0.0.1:40000".parse().unwrap(),
+        ];
+        let (addrs, nat) = vouched_candidates(
+            observed,
+            offered.clone(),
+            NatMapping::Random {
+                ip: "192.0.2.99".parse().unwrap(),
+            },
+        );
+        assert_eq!(addrs, vec![observed, offered[0], offered[1], offered[2]]);
+        assert_eq!(
+            nat,
+            NatMapping::Unknown,
+            "a spray aimed elsewhere is refused"
+        );
+        let (_, nat) = vouched_candidates(
+            observed,
+            Vec::new(),
+            NatMapping::Random { ip: observed.ip() },
+        );
+        assert_eq!(nat, NatMapping::Random { ip: observed.ip() });
+        let (_, nat) = vouched_candidates(
+            observed,
+            Vec::new(),
+            NatMapping::Sequential {
+                latest: "192.0.2.99:2000".parse().unwrap(),
+                step: 1,
+            },
+        );
+        assert_eq!(nat, NatMapping::Unknown);
+        // On loopback (a test, `mesh demo`), loopback addresses are the node's own.
+        let local: std::net::SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let (addrs, _) = vouched_candidates(
+            local,
+            vec!["127.0.0.1:6000".parse().unwrap()],
+            NatMapping::Open,
+        );
+        assert_eq!(addrs.len(), 2);
     }
 
     #[test]
