@@ -73,6 +73,14 @@ impl Reflector {
         };
         Some(pong.seal(&self.key))
     }
+
+    /// Answers `datagram` from `from` on `socket`, if it is a ping to answer (a lost answer
+    /// is a lost ping: the node asks again).
+    pub fn reflect(&self, socket: &dyn DatagramSocket, datagram: &[u8], from: SocketAddr) {
+        if let Some(pong) = self.answer(datagram, from) {
+            let _ = socket.try_send_to(&pong, from);
+        }
+    }
 }
 
 /// The coordinator's main socket with NAT-check pings answered underneath: quinn sees
@@ -117,9 +125,7 @@ impl DatagramSocket for ReflectingSocket {
             if !is_probe(&buf[..len]) {
                 return Poll::Ready(Ok((len, from)));
             }
-            if let Some(pong) = self.reflector.answer(&buf[..len], from) {
-                let _ = self.inner.try_send_to(&pong, from);
-            }
+            self.reflector.reflect(&*self.inner, &buf[..len], from);
         }
         cx.waker().wake_by_ref();
         Poll::Pending
@@ -137,11 +143,7 @@ pub async fn serve_check_port(
         loop {
             let got = std::future::poll_fn(|cx| socket.poll_recv_from(cx, &mut buf)).await;
             match got {
-                Ok((len, from)) => {
-                    if let Some(pong) = reflector.answer(&buf[..len], from) {
-                        let _ = socket.try_send_to(&pong, from);
-                    }
-                }
+                Ok((len, from)) => reflector.reflect(&*socket, &buf[..len], from),
                 // An ICMP error surfacing on the socket: keep serving.
                 Err(e) if e.kind() != io::ErrorKind::NotConnected => {}
                 Err(_) => return,
@@ -159,8 +161,8 @@ mod tests {
     use super::*;
     use mesh_proto::SystemClock;
 
-    #[tokio::test]
-    async fn a_ping_for_us_gets_a_pong_with_its_source_and_anything_else_nothing() {
+    /// A coordinator's reflector, a node's key, and a ping from the node to the coordinator.
+    fn setup() -> (Arc<Reflector>, SecretKey, SecretKey, Probe) {
         let coordinator = SecretKey::from_seed(&[1; 32]);
         let node = SecretKey::from_seed(&[2; 32]);
         let reflector = Reflector::new(coordinator.clone(), Arc::new(SystemClock));
@@ -173,6 +175,12 @@ mod tests {
             sent_at: SystemClock.now(),
             observed: None,
         };
+        (reflector, coordinator, node, ping)
+    }
+
+    #[tokio::test]
+    async fn a_ping_for_us_gets_a_pong_with_its_source_and_anything_else_nothing() {
+        let (reflector, coordinator, node, ping) = setup();
         let from: SocketAddr = "198.51.100.4:40000".parse().unwrap();
         let pong = reflector.answer(&ping.seal(&node), from).expect("a pong");
         let pong = Probe::open(&pong, node.node_id()).expect("signed by the coordinator");
@@ -196,19 +204,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_budget_bounds_answers() {
-        let coordinator = SecretKey::from_seed(&[1; 32]);
-        let node = SecretKey::from_seed(&[2; 32]);
-        let reflector = Reflector::new(coordinator.clone(), Arc::new(SystemClock));
-        let ping = Probe {
-            kind: ProbeKind::Ping,
-            sender: node.node_id(),
-            sender_instance: 5,
-            receiver: coordinator.node_id(),
-            nonce: [7; 16],
-            sent_at: SystemClock.now(),
-            observed: None,
-        }
-        .seal(&node);
+        let (reflector, _, node, ping) = setup();
+        let ping = ping.seal(&node);
         let from: SocketAddr = "198.51.100.4:40000".parse().unwrap();
         let answered = (0..ANSWER_BURST + 100)
             .filter(|_| reflector.answer(&ping, from).is_some())

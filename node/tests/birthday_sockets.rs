@@ -74,19 +74,33 @@ impl DatagramSocket for Filtered {
     }
 }
 
-#[tokio::test]
-async fn extra_sockets_open_ping_the_peer_and_only_those_with_a_confirmed_path_stay() {
-    let hard_key = SecretKey::from_seed(&[1; 32]);
-    let easy_key = SecretKey::from_seed(&[2; 32]);
+/// A hard side (random NAT, extra sockets from a counting binder) and an easy side (no NAT)
+/// on loopback, with endpoints reading their primary sockets; with `filtered`, nothing from
+/// the easy side reaches the hard side's primary socket. The hard side starts punching.
+struct Pair {
+    hard: Arc<PathSocket>,
+    easy: Arc<PathSocket>,
+    easy_key: SecretKey,
+    easy_addr: SocketAddr,
+    binder: Arc<CountingBinder>,
+    started: Instant,
+    _endpoints: [Endpoint; 2],
+}
+
+fn punching_pair(seed: u8, filtered: bool) -> Pair {
+    let hard_key = SecretKey::from_seed(&[seed; 32]);
+    let easy_key = SecretKey::from_seed(&[seed + 1; 32]);
     let hard_udp = Arc::new(UdpSocket::bind(([127, 0, 0, 1], 0).into()).unwrap());
     let easy_udp = Arc::new(UdpSocket::bind(([127, 0, 0, 1], 0).into()).unwrap());
     let easy_addr = easy_udp.local_addr().unwrap();
-    // The easy side's answers to the primary socket are filtered out: only extra sockets
-    // can make a path.
-    let hard_primary = Arc::new(Filtered {
-        inner: hard_udp,
-        blocked: easy_addr,
-    });
+    let hard_primary: Arc<dyn DatagramSocket> = if filtered {
+        Arc::new(Filtered {
+            inner: hard_udp,
+            blocked: easy_addr,
+        })
+    } else {
+        hard_udp
+    };
     let hard = PathSocket::new(hard_key.clone(), hard_primary, Arc::new(SystemClock));
     let easy = PathSocket::new(easy_key.clone(), easy_udp, Arc::new(SystemClock));
     let binder = Arc::new(CountingBinder::default());
@@ -94,16 +108,16 @@ async fn extra_sockets_open_ping_the_peer_and_only_those_with_a_confirmed_path_s
     tokio::spawn(hard.clone().drive());
     tokio::spawn(easy.clone().drive());
     // The endpoints read the primary sockets (probes are answered as they are read).
-    let _hard_endpoint = Endpoint::new(hard_key.clone(), hard.clone(), &[b"birthday/1"]).unwrap();
-    let _easy_endpoint = Endpoint::new(easy_key.clone(), easy.clone(), &[b"birthday/1"]).unwrap();
-    // The hard side maps per destination at random; the easy side has one mapping (it plans
-    // nothing against a hard peer but a spray, which on loopback has no NAT to find: it is
-    // told it has no NAT, so it sprays nothing).
+    let endpoints = [
+        Endpoint::new(hard_key, hard.clone(), &[b"birthday/1"]).unwrap(),
+        Endpoint::new(easy_key.clone(), easy.clone(), &[b"birthday/1"]).unwrap(),
+    ];
+    // The hard side maps per destination at random. The easy side is told it has no NAT, so
+    // it sprays nothing (on loopback a spray would hit other programs' ports).
     hard.assume_nat(NatMapping::Random {
         ip: [127, 0, 0, 1].into(),
     });
     easy.assume_nat(NatMapping::Open);
-
     let started = Instant::now();
     hard.punch(PunchTarget {
         peer: easy_key.node_id(),
@@ -112,6 +126,30 @@ async fn extra_sockets_open_ping_the_peer_and_only_those_with_a_confirmed_path_s
         nat: NatMapping::EndpointIndependent,
         start: started,
     });
+    Pair {
+        hard,
+        easy,
+        easy_key,
+        easy_addr,
+        binder,
+        started,
+        _endpoints: endpoints,
+    }
+}
+
+#[tokio::test]
+async fn extra_sockets_open_ping_the_peer_and_only_those_with_a_confirmed_path_stay() {
+    // The easy side's answers to the primary socket are filtered out: only extra sockets
+    // can make a path.
+    let Pair {
+        hard,
+        easy,
+        easy_key,
+        binder,
+        started,
+        _endpoints,
+        ..
+    } = punching_pair(1, true);
     // Until the extra sockets open, none is.
     tokio::time::sleep(BIRTHDAY_AFTER / 2).await;
     assert_eq!(hard.extra_sockets_open(), 0);
@@ -157,30 +195,14 @@ async fn extra_sockets_open_ping_the_peer_and_only_those_with_a_confirmed_path_s
 
 #[tokio::test]
 async fn a_peer_that_answers_the_primary_socket_gets_no_extra_sockets() {
-    let hard_key = SecretKey::from_seed(&[3; 32]);
-    let easy_key = SecretKey::from_seed(&[4; 32]);
-    let hard_udp = Arc::new(UdpSocket::bind(([127, 0, 0, 1], 0).into()).unwrap());
-    let easy_udp = Arc::new(UdpSocket::bind(([127, 0, 0, 1], 0).into()).unwrap());
-    let easy_addr = easy_udp.local_addr().unwrap();
-    let hard = PathSocket::new(hard_key.clone(), hard_udp, Arc::new(SystemClock));
-    let easy = PathSocket::new(easy_key.clone(), easy_udp, Arc::new(SystemClock));
-    let binder = Arc::new(CountingBinder::default());
-    hard.set_binder(binder.clone());
-    tokio::spawn(hard.clone().drive());
-    tokio::spawn(easy.clone().drive());
-    let _hard_endpoint = Endpoint::new(hard_key.clone(), hard.clone(), &[b"birthday/1"]).unwrap();
-    let _easy_endpoint = Endpoint::new(easy_key.clone(), easy.clone(), &[b"birthday/1"]).unwrap();
-    hard.assume_nat(NatMapping::Random {
-        ip: [127, 0, 0, 1].into(),
-    });
-    easy.assume_nat(NatMapping::Open);
-    hard.punch(PunchTarget {
-        peer: easy_key.node_id(),
-        instance: Some(easy.instance()),
-        addrs: vec![easy_addr],
-        nat: NatMapping::EndpointIndependent,
-        start: Instant::now(),
-    });
+    let Pair {
+        hard,
+        easy_key,
+        easy_addr,
+        binder,
+        _endpoints,
+        ..
+    } = punching_pair(3, false);
     // The first round's ping is answered long before the extra sockets' time comes.
     tokio::time::sleep(BIRTHDAY_AFTER * 2).await;
     assert_eq!(hard.counters().extra_sockets_opened, 0);

@@ -772,30 +772,25 @@ impl PathSocket {
                 peer.paths.ping_sent(route, nonce, now);
                 pings.push((route, nonce));
             }
-            for addr in extra {
-                let route = Route::primary(*addr);
-                let nonce = self.next_nonce();
-                peer.paths.spray_sent(route, nonce, now);
-                pings.push((route, nonce));
-            }
             peer.pings_sent += pings.len() as u64;
         }
         for (route, nonce) in pings {
             self.send_ping(id.key, route, nonce);
         }
+        self.spray(id, extra.iter().map(|addr| Route::primary(*addr)));
     }
 
-    /// Sprays pings at `addrs` (guessed ports) from the primary socket.
-    fn spray(&self, id: PeerId, addrs: &[SocketAddr]) {
+    /// Pings `id` on each of `routes` (guessed ports, or an extra socket's way to the peer),
+    /// remembered as sprays: a pong makes its route a confirmed candidate.
+    fn spray(&self, id: PeerId, routes: impl IntoIterator<Item = Route>) {
         let now = Instant::now();
-        let mut pings = Vec::with_capacity(addrs.len());
+        let mut pings = Vec::new();
         {
             let mut inner = self.lock();
             let Some(peer) = inner.peers.get_mut(&id) else {
                 return;
             };
-            for addr in addrs {
-                let route = Route::primary(*addr);
+            for route in routes {
                 let nonce = self.next_nonce();
                 peer.paths.spray_sent(route, nonce, now);
                 pings.push((route, nonce));
@@ -850,31 +845,6 @@ impl PathSocket {
         vias.iter()
             .filter_map(|via| inner.extras.get(via).map(|e| e.socket.clone()))
             .collect()
-    }
-
-    /// Pings `toward` from each extra socket in `vias`.
-    fn ping_from_extras(&self, id: PeerId, vias: &[Via], toward: SocketAddr) {
-        let now = Instant::now();
-        let mut pings = Vec::with_capacity(vias.len());
-        {
-            let mut inner = self.lock();
-            let Some(peer) = inner.peers.get_mut(&id) else {
-                return;
-            };
-            for via in vias {
-                let route = Route {
-                    via: *via,
-                    addr: toward,
-                };
-                let nonce = self.next_nonce();
-                peer.paths.spray_sent(route, nonce, now);
-                pings.push((route, nonce));
-            }
-            peer.pings_sent += pings.len() as u64;
-        }
-        for (route, nonce) in pings {
-            self.send_ping(id.key, route, nonce);
-        }
     }
 
     /// The end of a punch: sprays forgotten, and of the extra sockets `vias`, those carrying a
@@ -1202,7 +1172,7 @@ async fn run_punch(
             Event::Spray(batch) if !direct => {
                 let from = (batch * punch::SPRAY_BATCH).min(sprayed.len());
                 let to = (from + punch::SPRAY_BATCH).min(sprayed.len());
-                live.spray(id, &sprayed[from..to]);
+                live.spray(id, sprayed[from..to].iter().map(|a| Route::primary(*a)));
             }
             Event::OpenSockets(toward) if !direct => {
                 extras = live.open_extras(id);
@@ -1219,9 +1189,23 @@ async fn run_punch(
                 let Some(live) = socket.upgrade() else {
                     return;
                 };
-                live.ping_from_extras(id, &extras, toward);
+                live.spray(
+                    id,
+                    extras.iter().map(|via| Route {
+                        via: *via,
+                        addr: toward,
+                    }),
+                );
             }
-            Event::Reping(toward) if !direct => live.ping_from_extras(id, &extras, toward),
+            Event::Reping(toward) if !direct => {
+                live.spray(
+                    id,
+                    extras.iter().map(|via| Route {
+                        via: *via,
+                        addr: toward,
+                    }),
+                );
+            }
             Event::End => live.end_punch(id, &extras),
             _ => {}
         }
