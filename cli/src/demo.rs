@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use mesh_coordinator::home;
 use mesh_coordinator::model::InviteFor;
+use mesh_coordinator::reflector::{ReflectingSocket, Reflector, serve_check_port};
 use mesh_node::control::{Enrollment, connect_from_home, directory, enroll};
 use mesh_node::endpoint::Endpoint;
 use mesh_node::path::dial::TcpConnector;
@@ -101,9 +102,20 @@ async fn start_mesh(
         .map_err(|e| failed("coordinator")(e.to_string()))?;
     let socket = mesh_node::udp::UdpSocket::bind(([127, 0, 0, 1], port).into())
         .map_err(|e| failed("coordinator socket")(e.to_string()))?;
+    // NAT checks, as `mesh coordinator serve` answers them (on loopback: no NAT). The check
+    // port may be taken; the demo then goes on without, as the coordinator would.
+    let reflector = Reflector::new(key.clone(), clock.clone());
+    let check = ([127, 0, 0, 1], mesh_proto::nat::check_port(port)).into();
+    if let Ok(check) = mesh_node::udp::UdpSocket::bind(check) {
+        tokio::spawn(serve_check_port(
+            Arc::new(check),
+            reflector.clone(),
+            stopped(stop.clone()),
+        ));
+    }
     let endpoint = Endpoint::with_options(
         key,
-        Arc::new(socket),
+        ReflectingSocket::new(Arc::new(socket), reflector),
         mesh_coordinator::server::COORDINATOR_ALPNS,
         mesh_coordinator::server::endpoint_options(),
     )
