@@ -42,6 +42,14 @@
 //! intact = true
 //! ```
 //!
+//! `intact` compares the output with what the command must give back whole: `cat` its stdin,
+//! `ticks N S` its N numbered lines, and an interactive shell (`command = ""`) the prompt `$ `
+//! before each typed line plus each line's output, when every typed line is one whose output is
+//! known (`echo`, `seq N`, `ticks N S`, `sleep S`, `exit`, a blank line). Otherwise any output,
+//! or a clean exit, will do. `direct_after_first_byte = true` asks for a session that started
+//! on the relay and moved: the path ends direct, and it became direct after the first byte of
+//! output arrived.
+//!
 //! The same file and seed give the same report, byte for byte: all randomness comes from the
 //! seed, time is virtual, and reports hold no keys or random ids.
 
@@ -189,8 +197,12 @@ pub struct Expectation {
     pub path: Option<String>,
     /// The path was direct within this long of the exec's start.
     pub direct_within: Option<String>,
-    /// Its output equals what was sent (for `cat`) or is present.
+    /// Its output equals what was sent (for `cat`), the numbered lines of `ticks`, or what a
+    /// shell prints for the typed lines (see `expected_output`); or is present.
     pub intact: Option<bool>,
+    /// The path is direct and became so after the first byte of output arrived (the session
+    /// started on the relay and moved while it ran).
+    pub direct_after_first_byte: Option<bool>,
     /// Its output contains this text.
     pub output_contains: Option<String>,
 }
@@ -334,14 +346,63 @@ impl Report {
 }
 
 /// The output a command must give back whole, when it is known: `cat` returns its stdin,
-/// `ticks N S` prints N numbered lines; empty when any output will do.
+/// `ticks N S` prints N numbered lines, an interactive shell (`""`) what [`shell_output`]
+/// says; empty when any output will do.
 fn expected_output(command: &str, stdin: &[u8]) -> Vec<u8> {
+    if command.is_empty() {
+        return shell_output(stdin).unwrap_or_default();
+    }
     match command.split_whitespace().collect::<Vec<_>>().as_slice() {
         ["cat"] => stdin.to_vec(),
         ["ticks", n, _] => n
             .parse::<usize>()
             .map_or_else(|_| Vec::new(), |n| numbered_stream(n.min(999_999) * 7)),
         _ => Vec::new(),
+    }
+}
+
+/// What the fake shell's interactive mode prints for these typed lines: `$ ` before reading
+/// each line (lines end at `\n` or `\r`, as it reads them; what follows the last one is a line
+/// too), then the line's output, up to `exit` or the end of the input (one more prompt). `None`
+/// when some line's output is not known exactly (anything but `echo`, `seq N`, `ticks N S`,
+/// `sleep S`, `exit` and blank lines) or a line is longer than the shell reads at once.
+fn shell_output(typed: &[u8]) -> Option<Vec<u8>> {
+    const PROMPT: &[u8] = b"$ ";
+    // The fake shell's longest line (`node::session::fake_shell`).
+    const MAX_LINE: usize = 4096;
+    let mut out = Vec::new();
+    let mut rest = typed;
+    loop {
+        out.extend_from_slice(PROMPT);
+        if rest.is_empty() {
+            return Some(out);
+        }
+        let end = rest.iter().position(|b| *b == b'\n' || *b == b'\r');
+        let line = &rest[..end.unwrap_or(rest.len())];
+        if line.len() > MAX_LINE {
+            return None;
+        }
+        rest = end.map_or(&[][..], |end| &rest[end + 1..]);
+        let line = std::str::from_utf8(line).ok()?;
+        match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            [] | ["sleep", _] => {}
+            ["exit", ..] => return Some(out),
+            ["echo", words @ ..] => {
+                out.extend_from_slice(format!("{}\n", words.join(" ")).as_bytes());
+            }
+            ["seq", n] => {
+                // Past a million lines, any output will do rather than a huge expectation.
+                let n = n.parse::<u64>().ok().filter(|n| *n <= 1_000_000)?;
+                for i in 1..=n {
+                    out.extend_from_slice(format!("{i}\n").as_bytes());
+                }
+            }
+            ["ticks", n, _] => {
+                let n = n.parse::<usize>().ok()?.min(999_999);
+                out.extend_from_slice(&numbered_stream(n * 7));
+            }
+            _ => return None,
+        }
     }
 }
 
@@ -656,21 +717,68 @@ fn judge(expectation: &Expectation, connections: &[ConnectionReport]) -> Result<
         wanted.push(if intact { "intact" } else { "not intact" }.to_owned());
         ok &= c.intact == intact;
     }
+    if let Some(after) = expectation.direct_after_first_byte {
+        wanted.push(
+            if after {
+                "direct after the first byte"
+            } else {
+                "not direct after the first byte"
+            }
+            .to_owned(),
+        );
+        let moved = c.path == "direct"
+            && matches!(
+                (c.time_to_first_byte_ms, c.time_to_direct_ms),
+                (Some(first), Some(direct)) if direct > first
+            );
+        ok &= moved == after;
+    }
     if let Some(text) = &expectation.output_contains {
         wanted.push(format!("output contains {text:?}"));
         let needle = text.as_bytes();
         ok &= !needle.is_empty() && c.output.windows(needle.len()).any(|w| w == needle);
     }
+    let mut seen = format!(
+        "{}, path {}, direct {}, {}",
+        c.outcome,
+        c.path,
+        c.time_to_direct_ms
+            .map_or_else(|| "never".to_owned(), |t| format!("after {t:.0} ms")),
+        if c.intact { "intact" } else { "not intact" }
+    );
+    if expectation.direct_after_first_byte.is_some() {
+        seen.push_str(&c.time_to_first_byte_ms.map_or_else(
+            || ", no output".to_owned(),
+            |t| format!(", first byte after {t:.0} ms"),
+        ));
+    }
     Ok(Verdict {
         expected: format!("{name}: {}", wanted.join(", ")),
         ok,
-        seen: format!(
-            "{}, path {}, direct {}, {}",
-            c.outcome,
-            c.path,
-            c.time_to_direct_ms
-                .map_or_else(|| "never".to_owned(), |t| format!("after {t:.0} ms")),
-            if c.intact { "intact" } else { "not intact" }
-        ),
+        seen,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shell_is_expected_to_print_its_prompts_and_each_known_lines_output() {
+        let typed = b"echo a  b\r\nseq 2\nticks 3 0.1\nsleep 1\nexit\necho after\n";
+        let mut want = b"$ a b\n$ $ 1\n2\n$ ".to_vec();
+        want.extend_from_slice(&numbered_stream(21));
+        want.extend_from_slice(b"$ $ ");
+        assert_eq!(shell_output(typed), Some(want));
+        // Without `exit` the shell prompts once more before stdin's end; a last line without
+        // a newline is still a line.
+        assert_eq!(shell_output(b"echo x"), Some(b"$ x\n$ ".to_vec()));
+        assert_eq!(shell_output(b""), Some(b"$ ".to_vec()));
+        // A line whose output is not known exactly: any output will do.
+        assert_eq!(shell_output(b"echo x\nstty size\nexit\n"), None);
+        assert_eq!(shell_output(b"ticks many 0.1\n"), None);
+        assert!(expected_output("", b"cat\n").is_empty());
+        // Numbered stdin typed into a shell is not a command line the shell knows.
+        assert!(expected_output("", &numbered_stream(70)).is_empty());
+    }
 }
