@@ -113,7 +113,8 @@ pub(crate) fn coordinator_serve(
              say {addr})",
             check_addr.port()
         );
-        coordinator
+        let relay = coordinator.relay().clone();
+        let served = coordinator
             .serve_with_streams(
                 key,
                 endpoint,
@@ -121,8 +122,23 @@ pub(crate) fn coordinator_serve(
                 mesh_coordinator::server::endpoint_options(),
                 crate::shutdown_signal(),
             )
-            .await
-            .map_err(failed)?;
+            .await;
+        // One line with what the embedded relay carried in this run, for operators and for
+        // tests that check how much of a session went through it.
+        let counters = relay.counters();
+        let count = |counter: &std::sync::atomic::AtomicU64| {
+            counter.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        tracing::info!(
+            packets = count(&counters.forwarded),
+            bytes = count(&counters.forwarded_bytes),
+            unreachable = count(&counters.unreachable),
+            over_limit = count(&counters.over_limit),
+            malformed = count(&counters.malformed),
+            refused = count(&counters.refused),
+            "coordinator stopped; the embedded relay's totals for this run"
+        );
+        served.map_err(failed)?;
         Ok(ExitCode::SUCCESS)
     })
 }

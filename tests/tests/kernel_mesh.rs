@@ -12,6 +12,14 @@
 //!   `mesh exec` work over TLS-over-TCP to the coordinator and its relay. The router's drop
 //!   counter grows at each step (each dial tried UDP first) and, during a session, the laptop
 //!   and the hub each show the TCP connection.
+//! - Hole punching between two port-restricted cones (host and client each behind its own plain
+//!   `masquerade`): `mesh path` says direct at the host NAT's address and both NATs
+//!   endpoint-independent, after a rendezvous; a 3 MB session whose output starts after the
+//!   upgrade moves under 100 kB through the coordinator's port (nftables counters on the hub)
+//!   and its relay (the totals `mesh coordinator serve` logs when stopped with SIGTERM).
+//! - Birthday probing: the host behind `masquerade fully-random` (symmetric, random ports; on
+//!   this kernel `masquerade random` picks ports the same way), the client behind a plain
+//!   `masquerade`: `mesh path` says direct at one of the host NAT's random ports.
 //!
 //! These tests need root, iproute2 and nftables, and skip (saying why) without them, except
 //! under `CI`, where a skip fails. Their `namespace_` names put them in nextest's serial
@@ -126,6 +134,53 @@ behind = "site"
 [[host]]
 name = "laptop"
 behind = "firewall"
+"#;
+
+/// Hole punching between two port-restricted cones: host and client each behind its own plain
+/// `masquerade` (endpoint-independent mapping with the port kept, address-and-port-dependent
+/// filtering).
+const TWO_MASQUERADES_TOPOLOGY: &str = r#"
+[[nat]]
+name = "site"
+kind = "port-restricted"
+
+[[nat]]
+name = "home"
+kind = "port-restricted"
+
+[[host]]
+name = "hub"
+
+[[host]]
+name = "edge"
+behind = "site"
+
+[[host]]
+name = "laptop"
+behind = "home"
+"#;
+
+/// Birthday probing: the host behind a symmetric NAT with random ports (`masquerade
+/// fully-random`), the client behind a plain `masquerade`.
+const BIRTHDAY_TOPOLOGY: &str = r#"
+[[nat]]
+name = "site"
+kind = "symmetric-random"
+
+[[nat]]
+name = "home"
+kind = "port-restricted"
+
+[[host]]
+name = "hub"
+
+[[host]]
+name = "edge"
+behind = "site"
+
+[[host]]
+name = "laptop"
+behind = "home"
 "#;
 
 /// Skips (or fails under CI) when the lab cannot run here.
@@ -340,6 +395,25 @@ impl LabMesh {
             format!("relay {name}"),
             Daemon::spawn(relay, "connected to the coordinator"),
         ));
+    }
+
+    /// Stops the daemon called `name` as a service manager would (SIGTERM: `ip netns exec`
+    /// runs `mesh` in its own place, so the signal reaches it) and waits for it to exit, which
+    /// it must do successfully. Its last lines may reach [`daemon_log`](Self::daemon_log) a
+    /// moment later.
+    fn stop(&mut self, name: &str) {
+        let daemon = self
+            .daemons
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .map(|(_, daemon)| daemon)
+            .unwrap_or_else(|| panic!("no daemon {name}"));
+        let status = daemon.stop();
+        assert!(
+            status.success(),
+            "{name} exited {status:?} on SIGTERM:\n{}",
+            daemon.log()
+        );
     }
 
     /// The stderr of the daemon called `name` so far.
@@ -869,6 +943,284 @@ fn namespace_a_client_whose_router_drops_all_udp_enrolls_lists_hosts_and_execs_o
     eprintln!(
         "UDP packets dropped by the firewall: {drops:?}\ndaemons:\n{}\nwhole test {:?}",
         mesh.daemon_logs(),
+        started.elapsed()
+    );
+}
+
+/// Counts, with named nftables counters in the hub's namespace, every byte that crosses the
+/// coordinator's port (UDP and TCP, both ways) from or to `peers` (the NATs' external
+/// addresses): what the coordinator, and so its embedded relay, carried for them.
+fn count_coordinator_traffic(lab: &Lab, peers: &[std::net::Ipv4Addr]) {
+    let peers = peers
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let ruleset = format!(
+        "table ip meshcount {{\n  \
+         counter to_coordinator {{ }}\n  \
+         counter from_coordinator {{ }}\n  \
+         chain input {{ type filter hook input priority filter; policy accept;\n    \
+         meta l4proto {{ tcp, udp }} th dport {COORDINATOR_PORT} ip saddr {{ {peers} }} \
+         counter name to_coordinator\n  }}\n  \
+         chain output {{ type filter hook output priority filter; policy accept;\n    \
+         meta l4proto {{ tcp, udp }} th sport {COORDINATOR_PORT} ip daddr {{ {peers} }} \
+         counter name from_coordinator\n  }}\n}}\n"
+    );
+    let mut nft = lab
+        .host_command("hub", "nft")
+        .unwrap()
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(ruleset.as_bytes())
+        .unwrap();
+    let out = nft.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft -f in hub: {}\n{ruleset}",
+        text(&out.stderr)
+    );
+}
+
+/// Bytes counted so far by [`count_coordinator_traffic`]'s counters: (to the coordinator's
+/// port, from it).
+fn coordinator_traffic(lab: &Lab) -> (u64, u64) {
+    let bytes = |counter: &str| -> u64 {
+        let out = lab
+            .host_command("hub", "nft")
+            .unwrap()
+            .args(["list", "counter", "ip", "meshcount", counter])
+            .output()
+            .unwrap();
+        let listing = text(&out.stdout);
+        assert!(out.status.success(), "nft: {}", text(&out.stderr));
+        // `packets N bytes M`
+        let mut words = listing.split_whitespace();
+        words
+            .find(|w| *w == "bytes")
+            .and_then(|_| words.next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no byte count in {listing}"))
+    };
+    (bytes("to_coordinator"), bytes("from_coordinator"))
+}
+
+/// The embedded relay's totals from the coordinator's last line (`mesh coordinator serve`
+/// logs them once it has stopped): (packets, bytes) forwarded.
+fn relay_totals(log: &str) -> Option<(u64, u64)> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("the embedded relay's totals"))?;
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|n| n.parse().ok())
+    };
+    Some((field("packets")?, field("bytes")?))
+}
+
+/// Stops the coordinator (SIGTERM) and returns its embedded relay's totals, from its log.
+fn stop_coordinator(mesh: &mut LabMesh) -> (u64, u64) {
+    mesh.stop("coordinator");
+    let mut totals = None;
+    wait_until(
+        "the coordinator logs its relay's totals when it stops",
+        || {
+            totals = relay_totals(&mesh.daemon_log("coordinator"));
+            totals.is_some()
+        },
+        || mesh.daemon_logs(),
+    );
+    let log = mesh.daemon_log("coordinator");
+    eprintln!(
+        "the coordinator's last line: {}",
+        log.lines().last().unwrap_or_default()
+    );
+    totals.unwrap()
+}
+
+/// What the session moves once the path is direct: a second's pause (the punch is over by
+/// then), then this many bytes of zeros.
+const SESSION_BYTES: usize = 3_000_000;
+/// How much may cross the coordinator's port, both ways and for both NATs together, while that
+/// session runs: its keep-alives, the agent's presence, the session's opening on the relay.
+const COORDINATOR_BUDGET: u64 = 100_000;
+
+#[test]
+fn namespace_two_hosts_behind_their_own_masquerade_nats_go_direct_and_the_relay_carries_no_session_bytes()
+ {
+    if lab_unsupported() {
+        return;
+    }
+    let started = Instant::now();
+    let mut mesh = LabMesh::start(TWO_MASQUERADES_TOPOLOGY, "laptop");
+    let site = mesh.lab.nat_external_ip("site").unwrap();
+    let home = mesh.lab.nat_external_ip("home").unwrap();
+    count_coordinator_traffic(&mesh.lab, &[site, home]);
+    mesh.add_host("edge");
+    let coordinator = mesh.coordinator_addr();
+    // Plain `masquerade` keeps the agent's port.
+    let mapped = format!("{site}:{AGENT_PORT}");
+
+    let out = mesh.admin(&["exec", "edge", "--login", "root", "--", "echo", "hello"]);
+    assert_exec(&mesh, "mesh exec edge -- echo hello", &out, b"hello\n");
+
+    let report = mesh.admin_json(&["path", "edge", "--json"]);
+    eprintln!("mesh path edge --json: {report:#}");
+    let context = || format!("{report:#}\n{}", mesh.daemon_logs());
+    assert_eq!(report["path"], "direct", "{}", context());
+    assert_eq!(report["remote_addr"], mapped.as_str(), "{}", context());
+    assert_eq!(
+        report["relay"]["addr"],
+        coordinator.as_str(),
+        "{}",
+        context()
+    );
+    assert_eq!(
+        report["nat"]["this_device"],
+        "endpoint-independent",
+        "{}",
+        context()
+    );
+    assert_eq!(
+        report["nat"]["host"],
+        "endpoint-independent",
+        "{}",
+        context()
+    );
+    assert_eq!(report["punch"]["rendezvous"], true, "{}", context());
+    let to_direct = report["punch"]["time_to_direct_ms"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no time to direct: {}", context()));
+    let at_nat = report["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["addr"] == mapped.as_str())
+        .unwrap_or_else(|| panic!("{mapped} not a candidate: {}", context()));
+    assert_eq!(at_nat["confirmed"], true, "{}", context());
+
+    // A session whose output starts a second in, after the path has gone direct: its bytes
+    // do not cross the coordinator.
+    let (to_before, from_before) = coordinator_traffic(&mesh.lab);
+    let session_started = Instant::now();
+    let out = mesh.admin(&[
+        "exec",
+        "edge",
+        "--login",
+        "root",
+        "--",
+        &format!("sleep 1; head -c {SESSION_BYTES} /dev/zero"),
+    ]);
+    let session_took = session_started.elapsed();
+    let (to_after, from_after) = coordinator_traffic(&mesh.lab);
+    assert_exec(
+        &mesh,
+        "mesh exec edge -- 'sleep 1; head -c 3000000 /dev/zero'",
+        &out,
+        &vec![0u8; SESSION_BYTES],
+    );
+    let crossed = (to_after - to_before) + (from_after - from_before);
+    eprintln!(
+        "during the {SESSION_BYTES}-byte session ({session_took:?}), the coordinator's port \
+         saw {} bytes from the NATs and sent {} to them",
+        to_after - to_before,
+        from_after - from_before
+    );
+    assert!(
+        crossed < COORDINATOR_BUDGET,
+        "{crossed} bytes crossed the coordinator's port during a {SESSION_BYTES}-byte session \
+         (at most {COORDINATOR_BUDGET}): to it {to_before} -> {to_after}, from it \
+         {from_before} -> {from_after}\n{}",
+        mesh.daemon_logs()
+    );
+    // The counters count: the agent's presence and the client's requests went through them.
+    assert!(
+        to_before > 0 && from_before > 0,
+        "{to_before} {from_before}"
+    );
+
+    // The relay's own count over the whole run (both execs and `mesh path`): the handshakes
+    // it carried before the path went direct, nothing like the session's size.
+    let (packets, bytes) = stop_coordinator(&mut mesh);
+    eprintln!(
+        "the embedded relay forwarded {packets} packets, {bytes} bytes in the whole run; \
+         nft counted {to_after} bytes to the coordinator's port and {from_after} from it; \
+         time to direct in mesh path {to_direct} ms; whole test {:?}",
+        started.elapsed()
+    );
+    assert!(
+        bytes < COORDINATOR_BUDGET,
+        "the embedded relay forwarded {bytes} bytes ({packets} packets) in a run with a \
+         {SESSION_BYTES}-byte session\n{}",
+        mesh.daemon_logs()
+    );
+}
+
+#[test]
+fn namespace_a_port_restricted_client_reaches_a_host_behind_masquerade_random_by_birthday_probing()
+{
+    if lab_unsupported() {
+        return;
+    }
+    let started = Instant::now();
+    let mut mesh = LabMesh::start(BIRTHDAY_TOPOLOGY, "laptop");
+    mesh.add_host("edge");
+    let site = mesh.lab.nat_external_ip("site").unwrap().to_string();
+
+    let report = mesh.admin_json(&["path", "edge", "--json"]);
+    eprintln!("mesh path edge --json: {report:#}");
+    let context = || format!("{report:#}\n{}", mesh.daemon_logs());
+    assert_eq!(
+        report["nat"]["this_device"],
+        "endpoint-independent",
+        "{}",
+        context()
+    );
+    assert_eq!(
+        report["nat"]["host"],
+        "per-destination, random",
+        "{}",
+        context()
+    );
+    assert_eq!(report["punch"]["rendezvous"], true, "{}", context());
+    assert_eq!(report["path"], "direct", "{}", context());
+    // One of the site NAT's random ports: a mapping of one of the agent's extra sockets.
+    let remote: std::net::SocketAddr = report["remote_addr"].as_str().unwrap().parse().unwrap();
+    assert_eq!(remote.ip().to_string(), site, "{}", context());
+    assert_ne!(remote.port(), AGENT_PORT, "{}", context());
+    let to_direct = report["punch"]["time_to_direct_ms"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no time to direct: {}", context()));
+
+    let out = mesh.admin(&["exec", "edge", "--login", "root", "--", "echo", "hello"]);
+    assert_exec(&mesh, "mesh exec edge -- echo hello", &out, b"hello\n");
+    let numbers: String = (1..=20_000).map(|n| format!("{n}\n")).collect();
+    let out = mesh.try_run(
+        "laptop",
+        "admin",
+        &["exec", "edge", "--login", "root", "--", "cat"],
+        Some(&numbers),
+    );
+    assert_exec(
+        &mesh,
+        "mesh exec edge -- cat < seq 20000",
+        &out,
+        numbers.as_bytes(),
+    );
+
+    eprintln!(
+        "direct at {remote} after {to_direct} ms ({} probes, {} rounds); whole test {:?}",
+        report["punch"]["probes_sent"],
+        report["punch"]["punch_rounds"],
         started.elapsed()
     );
 }
