@@ -12,9 +12,14 @@ use mesh_netsim::topology::Topology;
 use mesh_netsim::world::World;
 
 const TOPOLOGY: &str = r#"
+    # Both sides map per destination at random: the relay is the only path, so the
+    # session runs through it.
     [[nat]]
     name = "site"
-    kind = "port-restricted"
+    kind = "symmetric-random"
+    [[nat]]
+    name = "home"
+    kind = "symmetric-random"
     [[host]]
     name = "hub"
     link = { latency = "10ms" }
@@ -24,6 +29,7 @@ const TOPOLOGY: &str = r#"
     link = { latency = "20ms" }
     [[host]]
     name = "laptop"
+    behind = "home"
     link = { latency = "20ms" }
 "#;
 

@@ -17,6 +17,11 @@
 //!   ports open, 1,024 guesses find one about 98 % of the time (Tailscale's figures). The
 //!   socket that gets through is kept for that peer; the rest close when the punch ends.
 //!
+//! A NAT checked as sequential may be a random one whose two mappings happened to land close
+//! (about one check in a thousand): against it, the random spray and the extra sockets follow
+//! the prediction as a fallback, [`BIRTHDAY_AFTER`] into the punch, unless the prediction has
+//! worked by then.
+//!
 //! Two NATs that both map per destination get no direct path: each side would have to predict
 //! the other's next mapping exactly, which any third mapping breaks. They stay on the relay.
 
@@ -80,8 +85,14 @@ pub enum Step {
     /// Ping these addresses once per round from the primary socket (a sequential NAT's
     /// predicted next mappings).
     Predict(Vec<SocketAddr>),
-    /// Ping [`BIRTHDAY_PROBES`] random ports of this address from the primary socket.
-    SprayRandom(IpAddr),
+    /// Ping [`BIRTHDAY_PROBES`] random ports of `ip` from the primary socket (in
+    /// [`SPRAY_PASSES`] passes), starting `after` the start.
+    SprayRandom {
+        /// The hard side's address.
+        ip: IpAddr,
+        /// When the first pass starts, after the punch's start.
+        after: Duration,
+    },
     /// Open [`BIRTHDAY_SOCKETS`] extra sockets, each pinging this address.
     OpenSockets(SocketAddr),
 }
@@ -97,14 +108,24 @@ pub fn plan(mine: NatMapping, theirs: NatMapping, their_addrs: &[SocketAddr]) ->
         // Our NAT filters what it has not sent to (unless it is no NAT at all): ping where
         // the peer's next mapping toward us will be.
         NatMapping::Sequential { latest, step } if mine == NatMapping::EndpointIndependent => {
-            vec![Step::Predict(predicted(latest, step, PREDICTED_PORTS))]
+            vec![
+                Step::Predict(predicted(latest, step, PREDICTED_PORTS)),
+                Step::SprayRandom {
+                    ip: latest.ip(),
+                    after: BIRTHDAY_AFTER,
+                },
+            ]
         }
         NatMapping::Random { ip } if mine == NatMapping::EndpointIndependent => {
-            vec![Step::SprayRandom(ip)]
+            vec![Step::SprayRandom {
+                ip,
+                after: Duration::ZERO,
+            }]
         }
         // The peer's one mapping lets only what it sent to in, and ours changes per
-        // destination: open many of ours toward it, for its spray to find.
-        NatMapping::EndpointIndependent if matches!(mine, NatMapping::Random { .. }) => their_addrs
+        // destination: open many of ours toward it, for its spray to find (as a fallback
+        // when ours is thought sequential: the peer predicts first).
+        NatMapping::EndpointIndependent if mine.per_destination() => their_addrs
             .first()
             .map(|addr| vec![Step::OpenSockets(*addr)])
             .unwrap_or_default(),
@@ -171,26 +192,35 @@ mod tests {
         // Easy against random: spray; random against easy: open sockets toward its address.
         assert_eq!(
             plan(EASY, random(), &theirs),
-            vec![Step::SprayRandom(IpAddr::from([198, 51, 100, 9]))]
+            vec![Step::SprayRandom {
+                ip: IpAddr::from([198, 51, 100, 9]),
+                after: Duration::ZERO
+            }]
         );
         assert_eq!(
             plan(random(), EASY, &theirs),
             vec![Step::OpenSockets(a("198.51.100.9:4000"))]
         );
-        // Easy against sequential: predicted ports; sequential against easy: nothing extra
-        // (its next mapping is what the other side predicts).
+        // Easy against sequential: predicted ports, then (should it be a random NAT checked
+        // as sequential by chance) a random spray; sequential against easy: extra sockets as
+        // the same fallback.
         let sequential = NatMapping::Sequential {
             latest: a("198.51.100.9:2000"),
             step: 1,
         };
         match plan(EASY, sequential, &theirs).as_slice() {
-            [Step::Predict(ports)] => {
+            [Step::Predict(ports), Step::SprayRandom { ip, after }] => {
                 assert_eq!(ports.len(), usize::from(PREDICTED_PORTS));
                 assert_eq!(ports[0], a("198.51.100.9:2001"));
+                assert_eq!(*ip, IpAddr::from([198, 51, 100, 9]));
+                assert_eq!(*after, BIRTHDAY_AFTER);
             }
             other => panic!("{other:?}"),
         }
-        assert!(plan(sequential, EASY, &theirs).is_empty());
+        assert_eq!(
+            plan(sequential, EASY, &theirs),
+            vec![Step::OpenSockets(a("198.51.100.9:4000"))]
+        );
         // Hard against hard: the relay.
         assert!(plan(random(), sequential, &theirs).is_empty());
         assert!(plan(random(), random(), &theirs).is_empty());

@@ -70,9 +70,12 @@ const PEER_IDLE: Duration = Duration::from_secs(600);
 /// A peer with QUIC traffic this recent carries a live connection and is never evicted to
 /// make room (keep-alives come every 2 s): probes alone cannot push a session out.
 const QUIC_LIVE: Duration = Duration::from_secs(30);
-/// Most processes of one key tracked at once (a device runs a few `mesh exec` together); a
-/// key cannot fill the table by inventing instances.
-const MAX_INSTANCES_PER_KEY: usize = 8;
+/// Most processes of one key tracked at once (a device runs a few `mesh exec` together, a
+/// script many one after another); a key cannot fill the table by inventing instances. A key
+/// at the cap loses its own least recently active entry to a new one, live or not: a key can
+/// only push out its own processes (a script's finished commands, whose connections look live
+/// for [`QUIC_LIVE`] after they close).
+const MAX_INSTANCES_PER_KEY: usize = 32;
 /// Probes handled in one receive call before yielding: signature checks must not starve the
 /// endpoint's driver.
 const PROBES_PER_POLL: usize = 64;
@@ -217,15 +220,15 @@ impl Inner {
     }
 
     /// `id`'s entry, made if missing. Room is made by forgetting the least recently active
-    /// entry without a live QUIC connection — of the same key when the key has
-    /// [`MAX_INSTANCES_PER_KEY`] already, else of anyone when the table is full; with no such
-    /// entry the new one is refused (`None`), unless `dialing` (our own connection, which
-    /// takes the least recently active entry's place whatever it is).
+    /// entry — of the same key, whatever it is, when the key has [`MAX_INSTANCES_PER_KEY`]
+    /// already; else, when the table is full, of anyone without a live QUIC connection, and
+    /// with no such entry the new one is refused (`None`), unless `dialing` (our own
+    /// connection, which takes the least recently active entry's place whatever it is).
     fn entry(&mut self, id: PeerId, now: Instant, dialing: bool) -> Option<&mut Peer> {
         if !self.peers.contains_key(&id) {
             let same_key = self.peers.keys().filter(|p| p.key == id.key).count();
             if same_key >= MAX_INSTANCES_PER_KEY {
-                let victim = self.evictable(now, |p| p.key == id.key, dialing)?;
+                let victim = self.evictable(now, |p| p.key == id.key, true)?;
                 self.forget(victim);
             } else if self.peers.len() >= MAX_PEERS {
                 let victim = self.evictable(now, |_| true, dialing)?;
@@ -1002,7 +1005,7 @@ impl PathSocket {
                     peer.paths.ping_received(route, now);
                     // The peer's NAT just let a packet out toward us: our ping now is the
                     // round trip that confirms the path (and opens our side of it).
-                    if peer.paths.wants_ping_back(route, now) {
+                    if peer.paths.take_ping_back(route, now) {
                         let nonce = self.next_nonce();
                         peer.paths.ping_sent(route, nonce, now);
                         peer.pings_sent += 1;
@@ -1128,7 +1131,7 @@ async fn run_punch(
     for step in &steps {
         match step {
             Step::Predict(addrs) => predicted = addrs,
-            Step::SprayRandom(ip) => {
+            Step::SprayRandom { ip, after } => {
                 let Some(live) = socket.upgrade() else {
                     return;
                 };
@@ -1139,7 +1142,8 @@ async fn run_punch(
                 };
                 let per_pass = punch::BIRTHDAY_PROBES.div_ceil(punch::SPRAY_BATCH);
                 for pass in 0..punch::SPRAY_PASSES {
-                    let began = start + punch::SECOND_PASS * u32::try_from(pass).unwrap_or(0);
+                    let began =
+                        start + *after + punch::SECOND_PASS * u32::try_from(pass).unwrap_or(0);
                     for batch in 0..per_pass {
                         let after = punch::SPRAY_EVERY * u32::try_from(batch).unwrap_or(u32::MAX);
                         events.push((began + after, Event::Spray(pass * per_pass + batch)));
@@ -1471,6 +1475,53 @@ mod tests {
             .filter(|id| id.key == mallory.node_id())
             .count();
         assert_eq!(of_mallory, MAX_INSTANCES_PER_KEY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_running_many_commands_in_a_row_is_never_locked_out() {
+        let me = SecretKey::from_seed(&[9; 32]);
+        let udp = Arc::new(UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap());
+        let socket = PathSocket::new(me.clone(), udp, Arc::new(SystemClock));
+        let device = SecretKey::from_seed(&[5; 32]);
+        let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        // A script's commands one after another, each a process of its own whose connection
+        // had QUIC traffic moments ago: the newest always gets in.
+        for instance in 0..(3 * MAX_INSTANCES_PER_KEY as u64) {
+            let mut nonce = [2u8; 16];
+            nonce[..8].copy_from_slice(&instance.to_le_bytes());
+            let ping = Probe {
+                kind: ProbeKind::Ping,
+                sender: device.node_id(),
+                sender_instance: instance,
+                receiver: me.node_id(),
+                nonce,
+                sent_at: Clock::now(&SystemClock),
+                observed: None,
+            }
+            .seal(&device);
+            socket.on_probe(&ping, Route::primary(from));
+            {
+                let mut inner = socket.lock();
+                let id = PeerId {
+                    key: device.node_id(),
+                    instance: Some(instance),
+                };
+                let peer = inner
+                    .peers
+                    .get_mut(&id)
+                    .expect("the newest command got an entry");
+                peer.quic_at = Some(Instant::now());
+            }
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        let inner = socket.lock();
+        let of_device = inner
+            .peers
+            .keys()
+            .filter(|id| id.key == device.node_id())
+            .count();
+        assert_eq!(of_device, MAX_INSTANCES_PER_KEY);
+        assert_eq!(inner.counters.probes_refused.get("peer table full"), None);
     }
 
     #[tokio::test(start_paused = true)]

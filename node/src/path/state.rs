@@ -128,6 +128,8 @@ struct Candidate {
     source: Source,
     added: Instant,
     last_ping: Option<Instant>,
+    /// When a ping was last sent here in answer to the peer's.
+    last_ping_back: Option<Instant>,
     /// Pings sent here and not answered yet: nonce → when.
     outstanding: Vec<([u8; 16], Instant)>,
     last_pong: Option<Instant>,
@@ -141,6 +143,7 @@ impl Candidate {
             source,
             added: now,
             last_ping: None,
+            last_ping_back: None,
             outstanding: Vec::new(),
             last_pong: None,
             rtt: None,
@@ -280,17 +283,24 @@ impl PeerPaths {
         self.add_candidate(addr, Source::PeerReflexive, now);
     }
 
-    /// Whether to answer a ping from `addr` with a ping of our own now: it is not confirmed
-    /// yet, may still be pinged, and was not pinged in the last [`PING_BACK_AFTER`]. (The
-    /// peer's NAT has just let a packet out toward us; our ping back is the round trip that
-    /// confirms the path, without waiting for the next scheduled ping.)
-    pub fn wants_ping_back(&self, addr: Route, now: Instant) -> bool {
-        self.candidates.get(&addr).is_some_and(|c| {
-            !c.confirmed(now)
-                && c.ping_every(now).is_some()
-                && c.last_ping
-                    .is_none_or(|last| now.saturating_duration_since(last) >= PING_BACK_AFTER)
-        })
+    /// Whether to answer a ping from `addr` with a ping of our own now, recording it if so: it
+    /// is not confirmed yet, may still be pinged, and was not pinged back in the last
+    /// [`PING_BACK_AFTER`]. (The peer's NAT has just let a packet out toward us; our ping back
+    /// is the round trip that confirms the path, without waiting for the next scheduled ping.
+    /// Only pings back count toward the limit: a scheduled ping sent a moment before the
+    /// peer's NAT opened was lost, and must not hold the answer back.)
+    pub fn take_ping_back(&mut self, addr: Route, now: Instant) -> bool {
+        let Some(c) = self.candidates.get_mut(&addr) else {
+            return false;
+        };
+        let wanted = !c.confirmed(now)
+            && c.ping_every(now).is_some()
+            && c.last_ping_back
+                .is_none_or(|last| now.saturating_duration_since(last) >= PING_BACK_AFTER);
+        if wanted {
+            c.last_ping_back = Some(now);
+        }
+        wanted
     }
 
     /// Candidates due for a ping at `now`.
@@ -563,17 +573,21 @@ mod tests {
         let t0 = Instant::now();
         let mut paths = PeerPaths::default();
         let from = addr(3);
+        // A scheduled ping went out a moment before (and was lost at the peer's NAT): it does
+        // not hold the answer back.
         paths.ping_received(from, t0);
-        assert!(paths.wants_ping_back(from, t0));
-        paths.ping_sent(from, [1; 16], t0);
-        assert!(!paths.wants_ping_back(from, t0 + PING_BACK_AFTER / 2));
-        assert!(paths.wants_ping_back(from, t0 + PING_BACK_AFTER));
-        assert!(paths.pong_received(from, [1; 16], t0 + PING_BACK_AFTER));
+        paths.ping_sent(from, [9; 16], t0);
+        assert!(paths.take_ping_back(from, t0 + Duration::from_millis(20)));
+        paths.ping_sent(from, [1; 16], t0 + Duration::from_millis(20));
+        assert!(!paths.take_ping_back(from, t0 + PING_BACK_AFTER / 2));
+        let later = t0 + Duration::from_millis(20) + PING_BACK_AFTER;
+        assert!(paths.take_ping_back(from, later));
+        assert!(paths.pong_received(from, [1; 16], later));
         assert!(
-            !paths.wants_ping_back(from, t0 + PING_BACK_AFTER * 3),
+            !paths.take_ping_back(from, later + PING_BACK_AFTER * 3),
             "a confirmed path needs no ping back"
         );
-        assert!(!paths.wants_ping_back(addr(4), t0), "not a candidate");
+        assert!(!paths.take_ping_back(addr(4), t0), "not a candidate");
     }
 
     #[test]
