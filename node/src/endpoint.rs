@@ -22,13 +22,25 @@ use quinn::{AsyncUdpSocket, TokioRuntime, UdpPoller};
 use crate::error::Error;
 use crate::tls;
 
-/// A connection with no traffic for this long is closed. This is how a host learns that a
-/// client vanished without a word (killed, or its network gone): short enough that its
-/// sessions are hung up within seconds, long enough for two lost keep-alives in a row.
+/// A connection between peers (a session) with no traffic for this long is closed. This is
+/// how a host learns that a client vanished without a word (killed, or its network gone):
+/// short enough that its sessions are hung up within seconds, long enough for two lost
+/// keep-alives in a row.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(6);
-/// Both ends send a keep-alive after this long without traffic, so an idle but live
-/// connection never reaches [`IDLE_TIMEOUT`]; at most one wakeup per interval when idle.
+/// Both ends of a session send a keep-alive after this long without traffic, so an idle but
+/// live session never reaches [`IDLE_TIMEOUT`].
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// A connection to a coordinator or relay (a host's presence, a relay connection) sends a
+/// keep-alive after this long without traffic: well inside the shortest common NAT mapping
+/// timeouts (Linux conntrack forgets an unanswered UDP flow after 30 s; carrier NATs keep
+/// mappings 30–60 s), and rare enough that an idle agent is woken about once a second or less
+/// by everything it runs.
+pub const INFRA_KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// ...and is closed after this long without traffic (three keep-alives lost): a host that
+/// vanished shows offline within it, and a node reconnects to a coordinator or relay that
+/// vanished. A clean stop or a restart (whose stateless reset answers the next packet) is
+/// noticed at once.
+pub const INFRA_IDLE_TIMEOUT: Duration = Duration::from_secs(35);
 
 /// quinn's view of a [`DatagramSocket`].
 struct SeamSocket(Arc<dyn DatagramSocket>);
@@ -110,11 +122,27 @@ enum Mtu {
     Peer,
 }
 
-fn transport_config(mtu: Mtu) -> Arc<quinn::TransportConfig> {
+/// Which end of a connection the transport is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The end that dialed: it sends the keep-alives (it is the one behind a NAT whose
+    /// mapping they keep, and the other end's answers keep both idle timers from running out).
+    Dialer,
+    /// The end that accepted: it sends none, so a host or coordinator with many idle
+    /// connections is not woken for each of them.
+    Listener,
+}
+
+fn transport_config(mtu: Mtu, end: End) -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
-    // The constant is far below quinn's VarInt limit, so the conversion cannot fail.
-    transport.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
-    transport.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+    // Sessions are between peers; a real address is a coordinator or a relay.
+    let (idle, keep_alive) = match mtu {
+        Mtu::Peer => (IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL),
+        Mtu::Discover(_) => (INFRA_IDLE_TIMEOUT, INFRA_KEEP_ALIVE),
+    };
+    // The constants are far below quinn's VarInt limit, so the conversion cannot fail.
+    transport.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
+    transport.keep_alive_interval((end == End::Dialer).then_some(keep_alive));
     match mtu {
         Mtu::Discover(initial) => {
             transport.initial_mtu(initial);
@@ -237,11 +265,18 @@ impl Endpoint {
             let tls = tls::server_config(&key, accept_alpns)?;
             let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Quic(e.to_string()))?;
             let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-            server.transport_config(transport_config(if options.accepts_peers {
+            let mtu = if options.accepts_peers {
                 Mtu::Peer
             } else {
                 Mtu::Discover(options.initial_mtu)
-            }));
+            };
+            server.transport_config(transport_config(mtu, End::Listener));
+            // A peer's packets reach quinn from its one mapped address whatever path they
+            // take; the path socket learns a peer's new address from its signed probes only.
+            // A packet from an address quinn does not know is no reason to move a connection.
+            if options.accepts_peers {
+                server.migration(false);
+            }
             Some(server)
         };
         let inner = quinn::Endpoint::new_with_abstract_socket(
@@ -285,11 +320,12 @@ impl Endpoint {
         let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Quic(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         // A mapped address is a peer behind the path socket (see `Mtu::Peer`).
-        config.transport_config(transport_config(if crate::path::mapped::is_mapped(addr) {
+        let mtu = if crate::path::mapped::is_mapped(addr) {
             Mtu::Peer
         } else {
             Mtu::Discover(self.initial_mtu)
-        }));
+        };
+        config.transport_config(transport_config(mtu, End::Dialer));
         // The server name is unused: identity is the raw key, checked by the verifier.
         let connecting = self
             .inner

@@ -388,6 +388,10 @@ pub struct PathInfo {
     pub own_nat: NatMapping,
     /// How the peer's NAT maps, if a rendezvous said.
     pub peer_nat: Option<NatMapping>,
+    /// How often the chosen path changed.
+    pub path_changes: u64,
+    /// How often a confirmed direct path failed (went silent under traffic).
+    pub path_failures: u64,
 }
 
 /// A punch toward one peer, as a rendezvous describes it.
@@ -599,7 +603,10 @@ impl PathSocket {
             Path::Direct(route) => paths.rtt(route, now),
             _ => None,
         };
+        let (path_changes, path_failures) = paths.changes();
         let info = PathInfo {
+            path_changes,
+            path_failures,
             path,
             rtt,
             direct_since: paths.direct_since(),
@@ -998,6 +1005,9 @@ impl PathSocket {
             return;
         };
         inner.counters.probes_accepted += 1;
+        if let Some(peer) = inner.peers.get_mut(&id) {
+            peer.paths.heard(route, now);
+        }
         let mut ping_back = None;
         let reply = match probe.kind {
             ProbeKind::Ping => {
@@ -1064,6 +1074,7 @@ impl PathSocket {
             let now = Instant::now();
             peer.last_active = now;
             peer.quic_at = Some(now);
+            peer.paths.heard(route, now);
         }
         let Some(shown) = inner.mapped.known_addr_of(id) else {
             return;
@@ -1271,13 +1282,24 @@ impl DatagramSocket for PathSocket {
             return Ok(());
         };
         let len = u64::try_from(datagram.len()).unwrap_or(u64::MAX);
+        let mut liveness = None;
         let (path, instance) = match inner.peers.get_mut(&id) {
             Some(peer) => {
                 peer.last_active = now;
                 peer.quic_at = Some(now);
                 let path = peer.paths.choose(now);
                 match path {
-                    Path::Direct(_) | Path::Guess(_) => peer.direct_bytes += len,
+                    Path::Direct(route) => {
+                        peer.direct_bytes += len;
+                        // Nothing heard back on it for a while: a ping goes with this packet.
+                        if peer.paths.quic_sent(route, now) {
+                            let nonce = self.next_nonce();
+                            peer.paths.ping_sent(route, nonce, now);
+                            peer.pings_sent += 1;
+                            liveness = Some((route, nonce));
+                        }
+                    }
+                    Path::Guess(_) => peer.direct_bytes += len,
                     Path::Relay => peer.relay_bytes += len,
                     Path::None => {}
                 }
@@ -1285,6 +1307,11 @@ impl DatagramSocket for PathSocket {
             }
             None => (Path::None, None),
         };
+        if let Some((route, nonce)) = liveness {
+            drop(inner);
+            self.send_ping(id.key, route, nonce);
+            inner = self.lock();
+        }
         match path {
             Path::Direct(route) | Path::Guess(route) => {
                 inner.counters.direct_bytes += len;
@@ -1348,6 +1375,7 @@ impl DatagramSocket for PathSocket {
                     let now = Instant::now();
                     peer.last_active = now;
                     peer.quic_at = Some(now);
+                    peer.paths.heard(Route::primary(from), now);
                 }
                 owner
                     .and_then(|peer| inner.mapped.known_addr_of(peer))

@@ -12,6 +12,15 @@
 //! Switching between two confirmed direct addresses needs a clear gain ([`SWITCH_GAIN`]), so
 //! two paths of similar speed do not flap.
 //!
+//! A confirmed path that goes silent is noticed from the traffic itself: when QUIC packets
+//! have gone out on it and nothing at all has come back from it for [`LIVENESS_AFTER`], it is
+//! pinged at once; if still nothing comes back by [`SILENCE_LIMIT`], it has failed — the
+//! peer moves to the relay at once (no waiting out [`PATH_TRUST`]) and the path is pinged
+//! again with backoff. A path that failed is taken back only after two fresh round trips on it
+//! within [`FLAP_HOLD`], so a path that works one moment in two does not flip the session back
+//! and forth. An unconfirmed candidate's pings back off (500 ms, then doubling up to
+//! [`MAX_PING_BACKOFF`]), so a candidate that never answers costs almost nothing.
+//!
 //! A direct path is a [`Route`]: the peer's address and which of our sockets it leaves from —
 //! the primary one, or an extra socket hole punching opened toward a peer behind a NAT that
 //! maps per destination (see [`super::punch`]). Pings sprayed at guessed ports are tracked
@@ -37,8 +46,25 @@ pub const CANDIDATE_EXPIRY: Duration = Duration::from_secs(60);
 pub const MAX_CANDIDATES: usize = 16;
 /// Unanswered pings to a peer-reflexive candidate before it is left alone.
 pub const REFLEXIVE_TRIES: u64 = 3;
-/// Quick pings to an unconfirmed candidate before it is only retried every [`PING_CONFIRMED`].
+/// Quick pings to an unconfirmed candidate before its pings back off.
 pub const QUICK_TRIES: u64 = 6;
+/// The longest wait between pings to an unconfirmed candidate (after the quick ones, the wait
+/// doubles from [`PING_UNCONFIRMED`] up to this).
+pub const MAX_PING_BACKOFF: Duration = Duration::from_secs(30);
+/// A confirmed path on which QUIC went out with nothing heard back for this long is pinged
+/// with the next packet sent (the peer may simply have nothing to say, or answer on another
+/// path: the ping tells).
+pub const LIVENESS_AFTER: Duration = Duration::from_secs(1);
+/// ...and if nothing is heard back for this long, and that ping has had [`LIVENESS_WAIT`] to
+/// be answered, the path has failed: the relay takes over.
+pub const SILENCE_LIMIT: Duration = Duration::from_millis(2500);
+/// How long a liveness ping is given before its silence counts.
+pub const LIVENESS_WAIT: Duration = Duration::from_secs(1);
+/// A path that failed this recently needs [`RECOVERY_PONGS`] round trips before it is used
+/// again.
+pub const FLAP_HOLD: Duration = Duration::from_secs(60);
+/// Round trips a recently failed path needs before it is used again.
+pub const RECOVERY_PONGS: u32 = 2;
 /// Pings awaiting a pong, per candidate; older ones are forgotten.
 const MAX_OUTSTANDING: usize = 8;
 /// A ping from an unconfirmed candidate is answered with a ping of our own at once (the
@@ -135,6 +161,13 @@ struct Candidate {
     last_pong: Option<Instant>,
     rtt: Option<Duration>,
     pings: u64,
+    /// When anything (QUIC or a probe) last came from it.
+    last_heard: Option<Instant>,
+    /// The first QUIC packet sent on it since it was last heard from.
+    unanswered_since: Option<Instant>,
+    /// When it last failed (went silent while confirmed), and the pongs since.
+    failed_at: Option<Instant>,
+    pongs_since_fail: u32,
 }
 
 impl Candidate {
@@ -148,12 +181,62 @@ impl Candidate {
             last_pong: None,
             rtt: None,
             pings: 0,
+            last_heard: None,
+            unanswered_since: None,
+            failed_at: None,
+            pongs_since_fail: 0,
         }
     }
 
+    /// Confirmed: a recent enough round trip, not gone silent under traffic, and — if it
+    /// failed recently — enough round trips since.
     fn confirmed(&self, now: Instant) -> bool {
-        self.last_pong
-            .is_some_and(|pong| now.saturating_duration_since(pong) < PATH_TRUST)
+        let recent_pong = self
+            .last_pong
+            .is_some_and(|pong| now.saturating_duration_since(pong) < PATH_TRUST);
+        let recovered = self.failed_at.is_none_or(|failed| {
+            now.saturating_duration_since(failed) >= FLAP_HOLD
+                || self.pongs_since_fail >= RECOVERY_PONGS
+        });
+        recent_pong && recovered && !self.silent(now)
+    }
+
+    /// When it is next due for a scheduled ping.
+    fn next_ping(&self, now: Instant) -> Option<Instant> {
+        self.ping_every(now)
+            .map(|every| self.last_ping.map_or(now, |last| last + every))
+    }
+
+    /// Whether QUIC has gone out on it for [`SILENCE_LIMIT`] with nothing heard back, not
+    /// even the answer to a ping sent [`LIVENESS_WAIT`] or more ago.
+    fn silent(&self, now: Instant) -> bool {
+        self.unanswered_since.is_some_and(|since| {
+            now.saturating_duration_since(since) >= SILENCE_LIMIT
+                && self.last_ping.is_some_and(|ping| {
+                    ping >= since && now.saturating_duration_since(ping) >= LIVENESS_WAIT
+                })
+        })
+    }
+
+    /// Whether QUIC has gone out on it for [`LIVENESS_AFTER`] with nothing heard back and no
+    /// ping since: time to ask (with the packet going out now, so an idle node is not woken
+    /// for it).
+    fn wants_liveness_ping(&self, now: Instant) -> bool {
+        self.unanswered_since.is_some_and(|since| {
+            now.saturating_duration_since(since) >= LIVENESS_AFTER
+                && self.last_ping.is_none_or(|ping| ping < since)
+        })
+    }
+
+    /// Marks it failed at `now`: unconfirmed, pinged quickly again (then with backoff).
+    fn fail(&mut self, now: Instant) {
+        self.failed_at = Some(now);
+        self.pongs_since_fail = 0;
+        self.last_pong = None;
+        self.unanswered_since = None;
+        self.outstanding.clear();
+        self.pings = 0;
+        self.last_ping = None;
     }
 
     /// How often to ping it at `now`, `None` for never again: a confirmed path gets
@@ -166,8 +249,16 @@ impl Candidate {
         }
         let unanswered = self.last_pong.is_none();
         match self.source {
-            Source::PeerReflexive if unanswered && self.pings >= REFLEXIVE_TRIES => None,
-            _ if self.pings >= QUICK_TRIES => Some(PING_CONFIRMED),
+            Source::PeerReflexive
+                if unanswered && self.failed_at.is_none() && self.pings >= REFLEXIVE_TRIES =>
+            {
+                None
+            }
+            _ if self.pings >= QUICK_TRIES => {
+                let doublings = u32::try_from(self.pings - QUICK_TRIES + 1).unwrap_or(u32::MAX);
+                let wait = PING_UNCONFIRMED.saturating_mul(2u32.saturating_pow(doublings.min(16)));
+                Some(wait.min(MAX_PING_BACKOFF))
+            }
             _ => Some(PING_UNCONFIRMED),
         }
     }
@@ -183,6 +274,10 @@ pub struct PeerPaths {
     current: Path,
     /// Since when the current path has been direct.
     direct_since: Option<Instant>,
+    /// How often the chosen path changed (relay ↔ direct, or one direct path for another).
+    changes: u64,
+    /// How often a confirmed direct path failed (went silent under traffic).
+    failures: u64,
 }
 
 impl Default for PeerPaths {
@@ -193,6 +288,8 @@ impl Default for PeerPaths {
             relay: false,
             current: Path::None,
             direct_since: None,
+            changes: 0,
+            failures: 0,
         }
     }
 }
@@ -263,6 +360,7 @@ impl PeerPaths {
             };
             candidate.last_pong = Some(now);
             candidate.rtt = Some(now.saturating_duration_since(sent));
+            candidate.last_heard = Some(now);
             return true;
         }
         let Some(candidate) = self.candidates.get_mut(&addr) else {
@@ -274,7 +372,31 @@ impl PeerPaths {
         let (_, sent) = candidate.outstanding.remove(index);
         candidate.last_pong = Some(now);
         candidate.rtt = Some(now.saturating_duration_since(sent));
+        candidate.last_heard = Some(now);
+        candidate.unanswered_since = None;
+        if candidate.failed_at.is_some() {
+            candidate.pongs_since_fail = candidate.pongs_since_fail.saturating_add(1);
+        }
         true
+    }
+
+    /// Something authenticated arrived on `addr` (a QUIC packet from an address known to be
+    /// the peer's, or a probe): the path is alive from that side.
+    pub fn heard(&mut self, addr: Route, now: Instant) {
+        if let Some(candidate) = self.candidates.get_mut(&addr) {
+            candidate.last_heard = Some(now);
+            candidate.unanswered_since = None;
+        }
+    }
+
+    /// A QUIC packet went out on `addr`: if nothing comes back, the path is failing. Returns
+    /// whether a liveness ping should go out with it (see [`LIVENESS_AFTER`]).
+    pub fn quic_sent(&mut self, addr: Route, now: Instant) -> bool {
+        let Some(candidate) = self.candidates.get_mut(&addr) else {
+            return false;
+        };
+        candidate.unanswered_since.get_or_insert(now);
+        candidate.last_pong.is_some() && candidate.wants_liveness_ping(now)
     }
 
     /// A ping from the peer arrived from `addr`: a peer-reflexive candidate (the answer goes
@@ -303,17 +425,12 @@ impl PeerPaths {
         wanted
     }
 
-    /// Candidates due for a ping at `now`.
+    /// Candidates due for a scheduled ping at `now`.
     pub fn due_pings(&self, now: Instant) -> Vec<Route> {
         let mut due: Vec<Route> = self
             .candidates
             .iter()
-            .filter(|(_, c)| {
-                c.ping_every(now).is_some_and(|every| {
-                    c.last_ping
-                        .is_none_or(|last| now.saturating_duration_since(last) >= every)
-                })
-            })
+            .filter(|(_, c)| c.next_ping(now).is_some_and(|at| at <= now))
             .map(|(addr, _)| *addr)
             .collect();
         // The map's order is random; the order pings go out in must not be.
@@ -325,17 +442,14 @@ impl PeerPaths {
     pub fn next_ping(&self, now: Instant) -> Option<Instant> {
         self.candidates
             .values()
-            .filter_map(|c| {
-                let every = c.ping_every(now)?;
-                Some(c.last_ping.map_or(now, |last| last + every))
-            })
+            .filter_map(|c| c.next_ping(now))
             .min()
     }
 
     /// Forgets candidates that have not answered for [`CANDIDATE_EXPIRY`] and were not listed.
     pub fn expire(&mut self, now: Instant) {
         self.candidates.retain(|_, c| {
-            let heard = c.last_pong.unwrap_or(c.added);
+            let heard = c.last_heard.or(c.last_pong).unwrap_or(c.added);
             c.source == Source::Listed || now.saturating_duration_since(heard) < CANDIDATE_EXPIRY
         });
         self.sprays
@@ -344,6 +458,13 @@ impl PeerPaths {
 
     /// The path to use now, updating the current choice (see the module docs).
     pub fn choose(&mut self, now: Instant) -> Path {
+        // A confirmed path gone silent under traffic has failed: the relay takes over now.
+        for candidate in self.candidates.values_mut() {
+            if candidate.last_pong.is_some() && candidate.silent(now) {
+                candidate.fail(now);
+                self.failures += 1;
+            }
+        }
         let best = self
             .candidates
             .iter()
@@ -373,8 +494,16 @@ impl PeerPaths {
             (Path::Direct(_), _) => self.direct_since = Some(now),
             _ => self.direct_since = None,
         }
+        if chosen != self.current && self.current != Path::None {
+            self.changes += 1;
+        }
         self.current = chosen;
         chosen
+    }
+
+    /// How often the chosen path changed, and how often a confirmed direct path failed.
+    pub fn changes(&self) -> (u64, u64) {
+        (self.changes, self.failures)
     }
 
     /// Since when the path has been direct, as of the last [`choose`](Self::choose).
