@@ -153,6 +153,10 @@ pub struct ExecReport {
     pub relay_bytes: u64,
     /// Packets the client's relay connection could not take (too big, or gone).
     pub relay_refused: u64,
+    /// How often the client's chosen path to the host changed (relay → direct counts one).
+    pub path_changes: u64,
+    /// How often a confirmed direct path failed under traffic (and the relay took over).
+    pub path_failures: u64,
     /// The output (stdout and stderr together, in arrival order of each stream).
     pub stdout: Vec<u8>,
     /// Standard error.
@@ -173,6 +177,8 @@ impl ExecReport {
             bytes_up,
             relay_bytes: 0,
             relay_refused: 0,
+            path_changes: 0,
+            path_failures: 0,
             stdout: Vec::new(),
             stderr: Vec::new(),
         }
@@ -912,6 +918,10 @@ impl Client {
         let counters = net.socket.counters();
         report.relay_bytes = counters.relay_bytes;
         report.relay_refused = counters.relay_refused;
+        if let Some(info) = &info {
+            report.path_changes = info.path_changes;
+            report.path_failures = info.path_failures;
+        }
         match info.map(|i| (i.path, i.direct_since)) {
             Some((Path::Direct(route), since)) => {
                 report.path = "direct".into();
