@@ -10,10 +10,11 @@ use mesh_node::control::{Enrollment, follow_relay, request as control_request, s
 use mesh_node::grant_cache;
 use mesh_node::path::dial::TcpConnector;
 use mesh_node::path::net::{NodeNet, RelayContact};
-use mesh_node::rendezvous::{connect_checking_nat, offer, punch_toward_host};
+use mesh_node::rendezvous::{connect_checking_nat, keep_direct, offer, punch_toward_host};
 use mesh_node::session::client::{
     ClientEvent, SessionInput, SessionOutcome, SessionRequest, open_session,
 };
+use mesh_node::tasks::AbortOnDrop;
 use mesh_proto::UnixTime;
 use mesh_proto::grant_file::{grant_from_text, grant_unverified};
 use mesh_proto::messages::SESSION_ALPN;
@@ -105,6 +106,18 @@ async fn session(home: &Path, request: Request) -> Result<u8, Failure> {
     });
 
     let conn = connect(&net, &addrs, host_key, &target.host).await?;
+    // A session by name keeps its path direct: should the direct path fail (this device
+    // moved, its NAT forgot the mapping), it asks the coordinator for another rendezvous.
+    let _keeper = match (&target.grant, Enrollment::load(home)) {
+        (None, Ok(Some(enrollment))) => Some(AbortOnDrop(tokio::spawn(keep_direct(
+            net.clone(),
+            mesh_node::path::dial::tcp(),
+            enrollment,
+            target.host.clone(),
+            host_key,
+        )))),
+        _ => None,
+    };
     let (send, recv) = conn
         .quic()
         .open_bi()

@@ -29,10 +29,11 @@ use mesh_node::endpoint::{Connection, Endpoint, EndpointOptions};
 use mesh_node::path::net::{NetOptions, NodeNet, RelayContact};
 use mesh_node::path::socket::PathSocket;
 use mesh_node::path::state::Path;
-use mesh_node::rendezvous::{connect_checking_nat, offer, punch_toward_host};
+use mesh_node::rendezvous::{connect_checking_nat, keep_direct, offer, punch_toward_host};
 use mesh_node::session::client::{SessionInput, SessionOutcome, SessionRequest, open_session};
 use mesh_node::session::fake_shell::FakeShellBackend;
 use mesh_node::session::host::LoginPolicy;
+use mesh_node::tasks::AbortOnDrop;
 use mesh_proto::messages::control::{ControlMessage, SessionGrantRequest};
 use mesh_proto::messages::session::{LoginRequest, PtyRequest, WindowSize};
 use mesh_proto::messages::{RELAY_ALPN, SESSION_ALPN};
@@ -870,6 +871,16 @@ impl Client {
                     granted.host.addrs
                 )
             })?;
+        // As `mesh exec` does: a failed direct path asks for another rendezvous. The task
+        // ends with the exec (it holds the node's networking).
+        let keeper = tokio::spawn(keep_direct(
+            net.clone(),
+            Arc::new(self.world.binder(device.host)),
+            device.enrollment.clone(),
+            host.to_owned(),
+            granted.host.key,
+        ));
+        let _keeper = AbortOnDrop(keeper);
         let (send, recv) = conn.quic().open_bi().await.map_err(|e| e.to_string())?;
         let session = open_session(
             send,

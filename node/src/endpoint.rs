@@ -23,13 +23,15 @@ use crate::error::Error;
 use crate::tls;
 
 /// A connection between peers (a session) with no traffic for this long is closed. This is
-/// how a host learns that a client vanished without a word (killed, or its network gone):
-/// short enough that its sessions are hung up within seconds, long enough for two lost
-/// keep-alives in a row.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(6);
-/// Both ends of a session send a keep-alive after this long without traffic, so an idle but
-/// live session never reaches [`IDLE_TIMEOUT`].
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// how a host learns that a client vanished without a word (killed, or its network gone),
+/// and its sessions are hung up: long enough that a network outage of 10 seconds or so (a
+/// train's tunnel, a router reboot) does not kill a shell, short enough that a vanished client
+/// does not leave its processes for long. A dead direct path is not waited out here: the
+/// path socket moves the session to the relay within seconds.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The dialing end of a session sends a keep-alive after this long without traffic, so an
+/// idle but live session never reaches [`IDLE_TIMEOUT`] (four in a row may be lost).
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// A connection to a coordinator or relay (a host's presence, a relay connection) sends a
 /// keep-alive after this long without traffic: well inside the shortest common NAT mapping
 /// timeouts (Linux conntrack forgets an unanswered UDP flow after 30 s; carrier NATs keep

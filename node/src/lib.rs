@@ -16,6 +16,7 @@
 //!
 //! - [`path`]: the path layer: the path socket under QUIC, direct paths and the relay,
 //!   hole punching, TCP fallback.
+//! - [`tasks`]: tasks that end with their owner.
 //! - [`rendezvous`]: the node side of a rendezvous: NAT checks, a client's offer, punching
 //!   from the coordinator's start time.
 
@@ -32,6 +33,7 @@ pub mod keyfile;
 pub mod path;
 pub mod rendezvous;
 pub mod session;
+pub mod tasks;
 pub mod temp_accounts;
 pub mod tls;
 pub mod udp;

@@ -3,6 +3,11 @@
 //! its request, and both sides punch from the start time the coordinator set — the host when
 //! the `Punch` push arrives on its presence stream, the client when the reply names it.
 //!
+//! A client keeps its session's path direct ([`keep_direct`]): when a direct path to the host
+//! fails (the client moved, its NAT forgot the mapping), the session goes on over the relay
+//! while the client asks the coordinator for another rendezvous — checking its NAT again, so
+//! the host learns where it is now — with backoff until a direct path is back.
+//!
 //! Start times are in the coordinator's clock. A host converts with its corrected clock; a
 //! client, which keeps none, with the reply's own timestamp and the connection's round trip
 //! (the reply was stamped about half a round trip ago).
@@ -13,11 +18,13 @@ use std::time::Duration;
 
 use mesh_proto::NodeId;
 use mesh_proto::UnixTime;
-use mesh_proto::messages::control::{HostContact, PunchOffer, Rendezvous};
+use mesh_proto::messages::control::{
+    ContactRequest, ControlMessage, HostContact, PunchOffer, Rendezvous,
+};
 use mesh_proto::nat::NatMapping;
 use tokio::time::Instant;
 
-use crate::control::{Enrollment, connect_coordinator};
+use crate::control::{Enrollment, connect_coordinator, request};
 use crate::endpoint::Connection;
 use crate::error::Error;
 use crate::path::dial::StreamConnector;
@@ -29,6 +36,11 @@ use crate::path::stream::is_stream_addr;
 /// How long a client waits for its NAT check once its coordinator connection is up (the
 /// check usually finishes first: both take one round trip).
 pub const CHECK_AFTER_CONNECT: Duration = Duration::from_millis(250);
+/// The first wait between rendezvous a client asks for after its direct path failed; it
+/// doubles up to [`MAX_REPUNCH_BACKOFF`] until a direct path is back.
+pub const FIRST_REPUNCH_BACKOFF: Duration = Duration::from_secs(2);
+/// The longest wait between such rendezvous.
+pub const MAX_REPUNCH_BACKOFF: Duration = Duration::from_secs(60);
 /// How often a host checks its NAT again (a sequential NAT's newest mapping moves on as
 /// sessions make mappings; a peer predicts from the newest).
 pub const NAT_RECHECK: Duration = Duration::from_secs(60);
@@ -133,6 +145,74 @@ pub async fn watch_nat(
             return;
         }
         tokio::time::sleep(NAT_RECHECK).await;
+    }
+}
+
+/// Keeps the path to the host `host` (key `host_key`) direct for as long as the task runs:
+/// each time a direct path to it fails, asks the coordinator for another rendezvous at once,
+/// then again after [`FIRST_REPUNCH_BACKOFF`], doubling up to [`MAX_REPUNCH_BACKOFF`], until
+/// a direct path is confirmed. A session that never went direct (two NATs that map per
+/// destination) asks nothing: only a failure starts it.
+pub async fn keep_direct(
+    net: NodeNet,
+    streams: Arc<dyn StreamConnector>,
+    enrollment: Enrollment,
+    host: String,
+    host_key: NodeId,
+) {
+    let mut failures = net.socket.path_failures();
+    let failed =
+        |all: &std::collections::HashMap<NodeId, u64>| all.get(&host_key).copied().unwrap_or(0);
+    let mut seen = failed(&failures.borrow());
+    loop {
+        if failures.wait_for(|all| failed(all) > seen).await.is_err() {
+            return;
+        }
+        let mut backoff = FIRST_REPUNCH_BACKOFF;
+        loop {
+            match repunch(&net, &*streams, &enrollment, &host).await {
+                Ok(()) => tracing::info!(%host, "asked for another rendezvous"),
+                Err(e) => tracing::info!(%host, "cannot ask for another rendezvous: {e}"),
+            }
+            tokio::time::sleep(backoff).await;
+            let direct = net
+                .socket
+                .path_info(host_key)
+                .is_some_and(|info| matches!(info.path, crate::path::state::Path::Direct(_)));
+            if direct {
+                break;
+            }
+            backoff = (backoff * 2).min(MAX_REPUNCH_BACKOFF);
+        }
+        // Failures while re-punching are the one being handled.
+        seen = failed(&failures.borrow());
+    }
+}
+
+/// One more rendezvous with `host`: a fresh NAT check (the client's address may have
+/// changed), a contact request with the offer, the punch from the start time.
+async fn repunch(
+    net: &NodeNet,
+    streams: &dyn StreamConnector,
+    enrollment: &Enrollment,
+    host: &str,
+) -> Result<(), Error> {
+    let conn = connect_checking_nat(net, streams, enrollment).await?;
+    let ask = ControlMessage::ContactRequest(ContactRequest {
+        host: host.to_owned(),
+        punch: Some(offer(net, conn.quic().remote_address())),
+    });
+    let reply = request(&conn, &ask).await;
+    let rtt = conn.quic().rtt();
+    conn.quic().close(0u32.into(), b"rendezvous");
+    match reply? {
+        ControlMessage::Contact(contact) => {
+            punch_toward_host(&net.socket, &contact, rtt);
+            Ok(())
+        }
+        other => Err(Error::Stream(format!(
+            "unexpected reply to a contact request: {other:?}"
+        ))),
     }
 }
 

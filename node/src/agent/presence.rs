@@ -22,15 +22,7 @@ use crate::error::Error;
 use crate::framed::{FrameReader, write_frame};
 use crate::path::dial::StreamConnector;
 use crate::rendezvous::{punch_toward_client, watch_nat};
-
-/// Aborts a task when dropped (a task that belongs to one connection).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+use crate::tasks::AbortOnDrop;
 
 /// First wait before reconnecting; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);

@@ -341,6 +341,9 @@ pub struct PathSocket {
     inner: Mutex<Inner>,
     /// Whether a relay connection is up.
     relay_up: tokio::sync::watch::Sender<bool>,
+    /// Direct paths that failed so far, by peer key (a client re-punches when one to its
+    /// host fails).
+    failures: tokio::sync::watch::Sender<HashMap<NodeId, u64>>,
     /// Set by [`kill`](Self::kill): sends nothing, takes no relay.
     dead: std::sync::atomic::AtomicBool,
     /// Nonces handed out so far.
@@ -448,6 +451,7 @@ impl PathSocket {
                 rng: rand_chacha::ChaCha8Rng::seed_from_u64(instance),
             }),
             relay_up: tokio::sync::watch::Sender::new(false),
+            failures: tokio::sync::watch::Sender::new(HashMap::new()),
             dead: std::sync::atomic::AtomicBool::new(false),
             nonces: std::sync::atomic::AtomicU64::new(0),
             wake_driver: Arc::new(tokio::sync::Notify::new()),
@@ -582,6 +586,11 @@ impl PathSocket {
     /// A receiver whose `changed()` fails once this socket is dropped.
     pub fn lifetime(&self) -> tokio::sync::watch::Receiver<bool> {
         self.relay_up.subscribe()
+    }
+
+    /// A receiver of the number of direct paths that failed, by peer key.
+    pub fn path_failures(&self) -> tokio::sync::watch::Receiver<HashMap<NodeId, u64>> {
+        self.failures.subscribe()
     }
 
     /// Waits at most `limit` for a relay connection; returns whether one is up.
@@ -1287,7 +1296,13 @@ impl DatagramSocket for PathSocket {
             Some(peer) => {
                 peer.last_active = now;
                 peer.quic_at = Some(now);
+                let failed_before = peer.paths.changes().1;
                 let path = peer.paths.choose(now);
+                if peer.paths.changes().1 > failed_before {
+                    tracing::info!(peer = %id.key.short(), "a direct path failed; the relay takes over");
+                    self.failures
+                        .send_modify(|all| *all.entry(id.key).or_default() += 1);
+                }
                 match path {
                     Path::Direct(route) => {
                         peer.direct_bytes += len;
