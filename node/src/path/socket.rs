@@ -98,6 +98,8 @@ pub struct PathCounters {
     pub relay_refused: u64,
     /// Times the ping driver woke up (an idle node should rarely).
     pub driver_wakeups: u64,
+    /// Packets sent on a direct path in doubt and copied to the relay.
+    pub hedged: u64,
     /// Pings sent (scheduled, punch rounds, sprays, birthday sockets).
     pub pings_sent: u64,
     /// Punches started.
@@ -1292,6 +1294,7 @@ impl DatagramSocket for PathSocket {
         };
         let len = u64::try_from(datagram.len()).unwrap_or(u64::MAX);
         let mut liveness = None;
+        let mut hedge = false;
         let (path, instance) = match inner.peers.get_mut(&id) {
             Some(peer) => {
                 peer.last_active = now;
@@ -1313,6 +1316,13 @@ impl DatagramSocket for PathSocket {
                             peer.pings_sent += 1;
                             liveness = Some((route, nonce));
                         }
+                        // While the path is in doubt, the relay carries a copy: QUIC's
+                        // retransmissions back off fast, and a dead path would otherwise
+                        // stall the session until the path is declared failed.
+                        hedge = peer.paths.in_doubt(route, now);
+                        if hedge {
+                            peer.relay_bytes += len;
+                        }
                     }
                     Path::Guess(_) => peer.direct_bytes += len,
                     Path::Relay => peer.relay_bytes += len,
@@ -1330,7 +1340,20 @@ impl DatagramSocket for PathSocket {
         match path {
             Path::Direct(route) | Path::Guess(route) => {
                 inner.counters.direct_bytes += len;
+                let relay = if hedge { inner.relay.clone() } else { None };
+                if relay.is_some() {
+                    inner.counters.relay_bytes += len;
+                    inner.counters.hedged += 1;
+                }
                 drop(inner);
+                if let Some(relay) = relay {
+                    if relay
+                        .send(id.key, instance, self.instance, datagram.to_vec())
+                        .is_err()
+                    {
+                        self.lock().counters.relay_refused += 1;
+                    }
+                }
                 self.send_on(route, datagram)
             }
             Path::Relay => {

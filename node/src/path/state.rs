@@ -389,6 +389,15 @@ impl PeerPaths {
         }
     }
 
+    /// Whether the confirmed path `addr` is in doubt: QUIC has gone out on it for
+    /// [`LIVENESS_AFTER`] with nothing heard back (packets then also go through the relay).
+    pub fn in_doubt(&self, addr: Route, now: Instant) -> bool {
+        self.candidates.get(&addr).is_some_and(|c| {
+            c.unanswered_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= LIVENESS_AFTER)
+        })
+    }
+
     /// A QUIC packet went out on `addr`: if nothing comes back, the path is failing. Returns
     /// whether a liveness ping should go out with it (see [`LIVENESS_AFTER`]).
     pub fn quic_sent(&mut self, addr: Route, now: Instant) -> bool {
