@@ -213,7 +213,7 @@ impl Candidate {
         self.unanswered_since.is_some_and(|since| {
             now.saturating_duration_since(since) >= SILENCE_LIMIT
                 && self.last_ping.is_some_and(|ping| {
-                    ping >= since && now.saturating_duration_since(ping) >= LIVENESS_WAIT
+                    ping > since && now.saturating_duration_since(ping) >= LIVENESS_WAIT
                 })
         })
     }
@@ -224,7 +224,7 @@ impl Candidate {
     fn wants_liveness_ping(&self, now: Instant) -> bool {
         self.unanswered_since.is_some_and(|since| {
             now.saturating_duration_since(since) >= LIVENESS_AFTER
-                && self.last_ping.is_none_or(|ping| ping < since)
+                && self.last_ping.is_none_or(|ping| ping <= since)
         })
     }
 
@@ -726,6 +726,118 @@ mod tests {
             "a confirmed path needs no ping back"
         );
         assert!(!paths.take_ping_back(addr(4), t0), "not a candidate");
+    }
+
+    #[test]
+    fn a_path_gone_silent_under_traffic_is_pinged_then_failed_and_the_relay_takes_over() {
+        let t0 = Instant::now();
+        let mut paths = PeerPaths::default();
+        paths.set_relay(true);
+        let a = addr(1);
+        paths.add_candidate(a, Source::Listed, t0);
+        confirm(&mut paths, a, 1, t0, Duration::from_millis(20));
+        assert_eq!(paths.choose(t0), Path::Direct(a));
+        // Packets go out; nothing comes back.
+        assert!(!paths.quic_sent(a, t0), "no doubt yet");
+        assert!(!paths.in_doubt(a, t0 + LIVENESS_AFTER / 2));
+        let doubt = t0 + LIVENESS_AFTER;
+        assert!(paths.in_doubt(a, doubt));
+        assert!(
+            paths.quic_sent(a, doubt),
+            "a liveness ping goes with this packet"
+        );
+        paths.ping_sent(a, [2; 16], doubt);
+        assert!(!paths.quic_sent(a, doubt), "one ping per doubt");
+        // Not yet failed: the ping has not had its second, and the silence is short.
+        assert_eq!(paths.choose(doubt + LIVENESS_WAIT / 2), Path::Direct(a));
+        let dead = t0 + SILENCE_LIMIT;
+        assert_eq!(
+            paths.choose(dead),
+            Path::Relay,
+            "the relay takes over at once"
+        );
+        assert_eq!(
+            paths.changes(),
+            (1, 1),
+            "direct → relay: one change, one failure"
+        );
+        // The failed path is pinged again at once.
+        assert_eq!(paths.due_pings(dead), vec![a]);
+    }
+
+    #[test]
+    fn a_path_that_answers_is_never_failed_however_quiet_the_peer() {
+        let t0 = Instant::now();
+        let mut paths = PeerPaths::default();
+        paths.set_relay(true);
+        let a = addr(1);
+        paths.add_candidate(a, Source::Listed, t0);
+        confirm(&mut paths, a, 1, t0, Duration::from_millis(20));
+        // The peer sends nothing back on QUIC (it answers on another path, or has nothing to
+        // say), but the liveness ping's pong comes back.
+        paths.quic_sent(a, t0);
+        let doubt = t0 + LIVENESS_AFTER;
+        assert!(paths.quic_sent(a, doubt));
+        paths.ping_sent(a, [2; 16], doubt);
+        assert!(paths.pong_received(a, [2; 16], doubt + Duration::from_millis(20)));
+        assert!(!paths.in_doubt(a, doubt + Duration::from_millis(20)));
+        assert_eq!(paths.choose(t0 + Duration::from_secs(10)), Path::Direct(a));
+        assert_eq!(paths.changes().1, 0);
+    }
+
+    #[test]
+    fn a_failed_path_comes_back_only_after_two_round_trips_within_the_hold() {
+        let t0 = Instant::now();
+        let mut paths = PeerPaths::default();
+        paths.set_relay(true);
+        let a = addr(1);
+        paths.add_candidate(a, Source::Listed, t0);
+        confirm(&mut paths, a, 1, t0, Duration::from_millis(20));
+        paths.choose(t0);
+        paths.quic_sent(a, t0);
+        paths.quic_sent(a, t0 + LIVENESS_AFTER);
+        paths.ping_sent(a, [2; 16], t0 + LIVENESS_AFTER);
+        let failed = t0 + Duration::from_secs(5);
+        assert_eq!(paths.choose(failed), Path::Relay);
+        // One round trip is not enough while the hold lasts; two are.
+        confirm(&mut paths, a, 3, failed, Duration::from_millis(20));
+        assert_eq!(
+            paths.choose(failed + Duration::from_millis(20)),
+            Path::Relay
+        );
+        confirm(
+            &mut paths,
+            a,
+            4,
+            failed + Duration::from_secs(1),
+            Duration::from_millis(20),
+        );
+        assert_eq!(
+            paths.choose(failed + Duration::from_millis(1020)),
+            Path::Direct(a)
+        );
+    }
+
+    #[test]
+    fn an_unanswered_candidate_is_pinged_ever_more_rarely() {
+        let t0 = Instant::now();
+        let mut paths = PeerPaths::default();
+        let a = addr(1);
+        paths.add_candidate(a, Source::Listed, t0);
+        let mut now = t0;
+        let mut gaps = Vec::new();
+        for n in 0..16u8 {
+            let next = paths.next_ping(now).unwrap();
+            gaps.push(next.saturating_duration_since(now));
+            now = next;
+            paths.ping_sent(a, [n; 16], now);
+        }
+        assert_eq!(gaps[1], PING_UNCONFIRMED, "quick at first");
+        assert!(
+            gaps.windows(2).all(|w| w[1] >= w[0]),
+            "never more often: {gaps:?}"
+        );
+        assert_eq!(*gaps.last().unwrap(), MAX_PING_BACKOFF, "{gaps:?}");
     }
 
     #[test]
