@@ -273,12 +273,12 @@ impl Endpoint {
                 Mtu::Discover(options.initial_mtu)
             };
             server.transport_config(transport_config(mtu, End::Listener));
-            // A peer's packets reach quinn from its one mapped address whatever path they
-            // take; the path socket learns a peer's new address from its signed probes only.
-            // A packet from an address quinn does not know is no reason to move a connection.
-            if options.accepts_peers {
-                server.migration(false);
-            }
+            // Migration stays on: a peer's packets reach quinn from its mapped address once
+            // the path socket knows the address they come from (a signed probe told it), and
+            // from the real address before that (a connection's first packets may beat its
+            // first probe; a client that moved sends from a new address before its probe
+            // arrives). quinn moves a connection only for packets that decrypt, after
+            // validating the new path, so either way only the peer itself can move it.
             Some(server)
         };
         let inner = quinn::Endpoint::new_with_abstract_socket(
