@@ -48,7 +48,10 @@
 //! known (`echo`, `seq N`, `ticks N S`, `sleep S`, `exit`, a blank line). Otherwise any output,
 //! or a clean exit, will do. `direct_after_first_byte = true` asks for a session that started
 //! on the relay and moved: the path ends direct, and it became direct after the first byte of
-//! output arrived.
+//! output arrived. `path_changes_at_most = N` bounds how often the client's chosen path to
+//! the host changed (relay → direct counts one, a direct path failing over to the relay
+//! another), `path_failures_at_most = N` how often a confirmed direct path went silent under
+//! traffic; the report gives both counts for every connection.
 //!
 //! The same file and seed give the same report, byte for byte: all randomness comes from the
 //! seed, time is virtual, and reports hold no keys or random ids.
@@ -205,6 +208,11 @@ pub struct Expectation {
     pub direct_after_first_byte: Option<bool>,
     /// Its output contains this text.
     pub output_contains: Option<String>,
+    /// The client's chosen path to the host changed at most this many times (relay → direct
+    /// counts one, and so does a direct path failing over to the relay).
+    pub path_changes_at_most: Option<u64>,
+    /// A confirmed direct path failed (went silent under traffic) at most this many times.
+    pub path_failures_at_most: Option<u64>,
 }
 
 /// One line of the timeline.
@@ -241,6 +249,10 @@ pub struct ConnectionReport {
     pub bytes_down: u64,
     /// QUIC bytes the client sent through the relay.
     pub relay_bytes: u64,
+    /// How often the client's chosen path to the host changed (relay → direct counts one).
+    pub path_changes: u64,
+    /// How often a confirmed direct path failed under traffic (and the relay took over).
+    pub path_failures: u64,
     /// How it ended.
     pub outcome: String,
     /// Whether the output was what it should be.
@@ -311,7 +323,7 @@ impl Report {
             let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0} ms"));
             let _ = writeln!(
                 out,
-                "  {}: {} → {}  path {}{}  first byte {}  direct {}  rtt {}  up {} B  down {} B  relayed {} B  {}{}",
+                "  {}: {} → {}  path {}{}  first byte {}  direct {}  rtt {}  up {} B  down {} B  relayed {} B  path changes {}  failures {}  {}{}",
                 c.name,
                 c.client,
                 c.host,
@@ -325,6 +337,8 @@ impl Report {
                 c.bytes_up,
                 c.bytes_down,
                 c.relay_bytes,
+                c.path_changes,
+                c.path_failures,
                 c.outcome,
                 if c.intact { "" } else { "  NOT INTACT" },
             );
@@ -580,6 +594,8 @@ impl Scenario {
                 bytes_down: u64::try_from(report.stdout.len() + report.stderr.len())
                     .unwrap_or(u64::MAX),
                 relay_bytes: report.relay_bytes,
+                path_changes: report.path_changes,
+                path_failures: report.path_failures,
                 outcome: report.outcome,
                 intact,
                 output: report.stdout,
@@ -738,6 +754,14 @@ fn judge(expectation: &Expectation, connections: &[ConnectionReport]) -> Result<
         let needle = text.as_bytes();
         ok &= !needle.is_empty() && c.output.windows(needle.len()).any(|w| w == needle);
     }
+    if let Some(most) = expectation.path_changes_at_most {
+        wanted.push(format!("at most {most} path changes"));
+        ok &= c.path_changes <= most;
+    }
+    if let Some(most) = expectation.path_failures_at_most {
+        wanted.push(format!("at most {most} path failures"));
+        ok &= c.path_failures <= most;
+    }
     let mut seen = format!(
         "{}, path {}, direct {}, {}",
         c.outcome,
@@ -746,6 +770,12 @@ fn judge(expectation: &Expectation, connections: &[ConnectionReport]) -> Result<
             .map_or_else(|| "never".to_owned(), |t| format!("after {t:.0} ms")),
         if c.intact { "intact" } else { "not intact" }
     );
+    if expectation.path_changes_at_most.is_some() || expectation.path_failures_at_most.is_some() {
+        seen.push_str(&format!(
+            ", {} path changes, {} failures",
+            c.path_changes, c.path_failures
+        ));
+    }
     if expectation.direct_after_first_byte.is_some() {
         seen.push_str(&c.time_to_first_byte_ms.map_or_else(
             || ", no output".to_owned(),
@@ -780,5 +810,79 @@ mod tests {
         assert!(expected_output("", b"cat\n").is_empty());
         // Numbered stdin typed into a shell is not a command line the shell knows.
         assert!(expected_output("", &numbered_stream(70)).is_empty());
+    }
+
+    #[test]
+    fn path_change_and_failure_bounds_are_judged_and_shown() {
+        let connection = ConnectionReport {
+            name: "shell".into(),
+            client: "laptop".into(),
+            host: "server".into(),
+            path: "direct".into(),
+            remote_addr: None,
+            time_to_first_byte_ms: Some(300.0),
+            time_to_direct_ms: Some(11_500.0),
+            rtt_ms: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            relay_bytes: 0,
+            path_changes: 3,
+            path_failures: 1,
+            outcome: "exit 0".into(),
+            intact: true,
+            output: Vec::new(),
+        };
+        let expect = |changes: Option<u64>, failures: Option<u64>| Expectation {
+            connection: "shell".into(),
+            outcome: None,
+            path: None,
+            direct_within: None,
+            intact: None,
+            direct_after_first_byte: None,
+            output_contains: None,
+            path_changes_at_most: changes,
+            path_failures_at_most: failures,
+        };
+        let connections = [connection];
+        let judged = |changes, failures| judge(&expect(changes, failures), &connections).unwrap();
+        let within = judged(Some(3), Some(1));
+        assert!(within.ok);
+        assert_eq!(
+            within.expected,
+            "shell: at most 3 path changes, at most 1 path failures"
+        );
+        assert!(
+            within.seen.ends_with(", 3 path changes, 1 failures"),
+            "{within:?}"
+        );
+        assert!(!judged(Some(2), None).ok);
+        assert!(!judged(None, Some(0)).ok);
+        assert!(!judged(None, None).seen.contains("path changes"));
+        // The text report shows both counts.
+        let report = Report {
+            scenario: "s".into(),
+            seed: 1,
+            duration_ms: 0.0,
+            timeline: Vec::new(),
+            connections: connections.to_vec(),
+            expectations: Vec::new(),
+            packets: PacketCounts {
+                sent: 0,
+                delivered: 0,
+                dropped: BTreeMap::new(),
+            },
+        };
+        assert!(
+            report.to_text().contains("path changes 3  failures 1"),
+            "{}",
+            report.to_text()
+        );
+        // And a scenario file can ask for them.
+        let parsed: Expectation = toml::from_str(
+            "connection = \"shell\"\npath_changes_at_most = 1\npath_failures_at_most = 0\n",
+        )
+        .unwrap();
+        assert_eq!(parsed.path_changes_at_most, Some(1));
+        assert_eq!(parsed.path_failures_at_most, Some(0));
     }
 }
