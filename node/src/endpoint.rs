@@ -29,9 +29,12 @@ use crate::tls;
 /// does not leave its processes for long. A dead direct path is not waited out here: the
 /// path socket moves the session to the relay within seconds.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
-/// The dialing end of a session sends a keep-alive after this long without traffic, so an
-/// idle but live session never reaches [`IDLE_TIMEOUT`] (four in a row may be lost).
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// The dialing end of a session (the client) sends a keep-alive after this long without
+/// traffic, so an idle but live session never reaches [`IDLE_TIMEOUT`], and a client whose
+/// address changed (a new network, a NAT that forgot its mapping) is heard from its new
+/// address within this long even when it has nothing to say: the host's replies then find
+/// it. The host is woken by it about once every two seconds per idle session.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// A connection to a coordinator or relay (a host's presence, a relay connection) sends a
 /// keep-alive after this long without traffic: well inside the shortest common NAT mapping
 /// timeouts (Linux conntrack forgets an unanswered UDP flow after 30 s; carrier NATs keep

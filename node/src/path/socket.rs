@@ -1056,6 +1056,9 @@ impl PathSocket {
                     .is_some_and(|peer| peer.paths.pong_received(route, echo, now));
                 if confirmed {
                     inner.owners.insert(route, id);
+                    // A confirmed path wants heartbeats: the driver may be asleep until a
+                    // backed-off retry far away.
+                    self.wake_driver.notify_one();
                 }
                 None
             }
@@ -1305,6 +1308,8 @@ impl DatagramSocket for PathSocket {
                     tracing::info!(peer = %id.key.short(), "a direct path failed; the relay takes over");
                     self.failures
                         .send_modify(|all| *all.entry(id.key).or_default() += 1);
+                    // Its pings start again now, not at the driver's planned wake-up.
+                    self.wake_driver.notify_one();
                 }
                 match path {
                     Path::Direct(route) => {
