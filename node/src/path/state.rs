@@ -228,6 +228,12 @@ impl Candidate {
         })
     }
 
+    /// Whether QUIC has gone out on it for [`LIVENESS_AFTER`] with nothing heard back.
+    fn in_doubt(&self, now: Instant) -> bool {
+        self.unanswered_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= LIVENESS_AFTER)
+    }
+
     /// Marks it failed at `now`: unconfirmed, pinged quickly again (then with backoff).
     fn fail(&mut self, now: Instant) {
         self.failed_at = Some(now);
@@ -392,10 +398,7 @@ impl PeerPaths {
     /// Whether the confirmed path `addr` is in doubt: QUIC has gone out on it for
     /// [`LIVENESS_AFTER`] with nothing heard back (packets then also go through the relay).
     pub fn in_doubt(&self, addr: Route, now: Instant) -> bool {
-        self.candidates.get(&addr).is_some_and(|c| {
-            c.unanswered_since
-                .is_some_and(|since| now.saturating_duration_since(since) >= LIVENESS_AFTER)
-        })
+        self.candidates.get(&addr).is_some_and(|c| c.in_doubt(now))
     }
 
     /// A QUIC packet went out on `addr`: if nothing comes back, the path is failing. Returns
@@ -474,10 +477,21 @@ impl PeerPaths {
                 self.failures += 1;
             }
         }
+        // A path in doubt (unanswered under traffic) is passed over while one that answers is
+        // confirmed: a client that moved confirms its new address while its old one is still
+        // within the silence limit.
+        let answering = |c: &Candidate| c.confirmed(now) && !c.in_doubt(now);
+        let any_answering = self.candidates.values().any(answering);
         let best = self
             .candidates
             .iter()
-            .filter(|(_, c)| c.confirmed(now))
+            .filter(|(_, c)| {
+                if any_answering {
+                    answering(c)
+                } else {
+                    c.confirmed(now)
+                }
+            })
             .filter_map(|(addr, c)| Some((*addr, c.rtt?)))
             .min_by_key(|(addr, rtt)| (*rtt, *addr));
         let chosen = match (best, self.current) {
@@ -485,7 +499,7 @@ impl PeerPaths {
                 match self
                     .candidates
                     .get(&current)
-                    .filter(|c| c.confirmed(now))
+                    .filter(|c| c.confirmed(now) && !c.in_doubt(now))
                     .and_then(|c| c.rtt)
                 {
                     // The current direct path is still good: keep it unless the other is
@@ -763,6 +777,30 @@ mod tests {
         );
         // The failed path is pinged again at once.
         assert_eq!(paths.due_pings(dead), vec![a]);
+    }
+
+    #[test]
+    fn a_new_address_that_answers_takes_over_from_one_in_doubt_at_once() {
+        let t0 = Instant::now();
+        let mut paths = PeerPaths::default();
+        paths.set_relay(true);
+        let (old, new) = (addr(1), addr(2));
+        paths.add_candidate(old, Source::PeerReflexive, t0);
+        confirm(&mut paths, old, 1, t0, Duration::from_millis(20));
+        assert_eq!(paths.choose(t0), Path::Direct(old));
+        // The peer moved: nothing comes back on the old address; its ping from the new one
+        // is answered and confirmed, a little slower than the old path was.
+        paths.quic_sent(old, t0);
+        let moved = t0 + LIVENESS_AFTER;
+        paths.ping_received(new, moved);
+        confirm(&mut paths, new, 2, moved, Duration::from_millis(22));
+        let later = moved + Duration::from_millis(22);
+        assert_eq!(
+            paths.choose(later),
+            Path::Direct(new),
+            "no waiting out the silence limit"
+        );
+        assert_eq!(paths.changes(), (1, 0));
     }
 
     #[test]
