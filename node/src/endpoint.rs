@@ -37,15 +37,15 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// A connection to a coordinator or relay (a host's presence, a relay connection) sends a
 /// keep-alive after this long without traffic: well inside the shortest common NAT mapping
-/// timeouts (Linux conntrack forgets an unanswered UDP flow after 30 s; carrier NATs keep
-/// mappings 30–60 s), and rare enough that an idle agent is woken about once a second or less
-/// by everything it runs.
-pub const INFRA_KEEP_ALIVE: Duration = Duration::from_secs(10);
-/// ...and is closed after this long without traffic (three keep-alives lost): a host that
+/// timeouts (Linux conntrack forgets an unanswered UDP flow after 30 s, an answered one after
+/// 120 s; carrier NATs keep mappings 30–60 s: two keep-alives fit the shortest), and rare
+/// enough that an idle agent is woken less than once a second by everything it runs.
+pub const INFRA_KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// ...and is closed after this long without traffic (two keep-alives lost): a host that
 /// vanished shows offline within it, and a node reconnects to a coordinator or relay that
 /// vanished. A clean stop or a restart (whose stateless reset answers the next packet) is
 /// noticed at once.
-pub const INFRA_IDLE_TIMEOUT: Duration = Duration::from_secs(35);
+pub const INFRA_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// quinn's view of a [`DatagramSocket`].
 struct SeamSocket(Arc<dyn DatagramSocket>);
