@@ -20,10 +20,18 @@
 //! - Birthday probing: the host behind `masquerade fully-random` (symmetric, random ports; on
 //!   this kernel `masquerade random` picks ports the same way), the client behind a plain
 //!   `masquerade`: `mesh path` says direct at one of the host NAT's random ports.
+//! - Keeping a path (issue 10): host and client each behind a plain `masquerade`, a session
+//!   printing a numbered line every 100 ms goes direct; the client's router flushes its
+//!   conntrack table (`conntrack -F`), which `masquerade` answers with the same ports, and
+//!   then flushes it again with the session's sockets masqueraded to new ports, so its
+//!   address really changes: every line arrives once and in order, the client logs the failed
+//!   path and its new rendezvous, and the session's packets (nftables counters in the client's
+//!   router) come through the relay, then directly again, from the new port (conntrack in both
+//!   routers).
 //!
-//! These tests need root, iproute2 and nftables, and skip (saying why) without them, except
-//! under `CI`, where a skip fails. Their `namespace_` names put them in nextest's serial
-//! `namespace-and-users` group (`.config/nextest.toml`).
+//! These tests need root, iproute2, nftables (and conntrack, for the flush) and skip (saying
+//! why) without them, except under `CI`, where a skip fails. Their `namespace_` names put them
+//! in nextest's serial `namespace-and-users` group (`.config/nextest.toml`).
 
 // Test helpers outside #[test] functions: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -1222,5 +1230,666 @@ fn namespace_a_port_restricted_client_reaches_a_host_behind_masquerade_random_by
         report["punch"]["probes_sent"],
         report["punch"]["punch_rounds"],
         started.elapsed()
+    );
+}
+
+/// Lines the flushed session prints: one every 100 ms, 20 s in all.
+const FLUSH_LINES: u32 = 200;
+/// How long the flushed session may run before it is killed and the test fails.
+const FLUSH_SESSION_LIMIT: Duration = Duration::from_secs(60);
+/// The session's direct path is back once, over [`DIRECT_WINDOW`], at least this many of its
+/// packets arrived directly from the host's NAT...
+const DIRECT_PACKETS: u64 = 5;
+/// ...and at most this many from the relay (its connection's keep-alives, not the session).
+const RELAY_PACKETS_WHEN_DIRECT: u64 = 3;
+/// The window [`DIRECT_PACKETS`] is counted over.
+const DIRECT_WINDOW: Duration = Duration::from_secs(1);
+/// The longest the session's output may stall when its mapping moves: the path is declared
+/// failed 2.5 s after it goes silent, and the session's idle timeout is 20 s.
+const FLUSH_STALL_LIMIT: Duration = Duration::from_secs(8);
+/// How soon after its mapping moved the session must be direct again (a full
+/// [`DIRECT_WINDOW`] of it): failure, a rendezvous, two round trips.
+const BACK_TO_DIRECT_LIMIT: Duration = Duration::from_secs(12);
+
+/// Where a conntrack entry's two tuples point, from one line of `conntrack -L`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Flow {
+    /// The original direction: source, destination (ip:port).
+    original: (String, String),
+    /// The reply direction: source, destination (ip:port).
+    reply: (String, String),
+}
+
+/// Every UDP entry of NAT `nat`'s conntrack table (`conntrack -L -p udp` in its namespace).
+fn udp_flows(lab: &Lab, nat: &str) -> Vec<Flow> {
+    let out = lab
+        .nat_command(nat, "conntrack")
+        .unwrap()
+        .args(["-L", "-p", "udp"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "conntrack -L: {}", text(&out.stderr));
+    // `udp 17 29 src=A dst=B sport=1 dport=2 [UNREPLIED] src=B dst=C sport=2 dport=3 ...`
+    text(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let field = |name: &str, nth: usize| {
+                line.split_whitespace()
+                    .filter_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+                    .nth(nth)
+                    .map(str::to_owned)
+            };
+            let end = |ip: &str, port: &str, nth| {
+                Some(format!("{}:{}", field(ip, nth)?, field(port, nth)?))
+            };
+            Some(Flow {
+                original: (end("src", "sport", 0)?, end("dst", "dport", 0)?),
+                reply: (end("src", "sport", 1)?, end("dst", "dport", 1)?),
+            })
+        })
+        .collect()
+}
+
+/// Flushes NAT `nat`'s conntrack table: it forgets every mapping.
+fn flush_conntrack(lab: &Lab, nat: &str) {
+    let out = lab
+        .nat_command(nat, "conntrack")
+        .unwrap()
+        .arg("-F")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "conntrack -F: {}", text(&out.stderr));
+}
+
+/// Loads `ruleset` (nftables text) into NAT `nat`'s namespace.
+fn nft_in_nat(lab: &Lab, nat: &str, ruleset: &str) {
+    let mut nft = lab
+        .nat_command(nat, "nft")
+        .unwrap()
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(ruleset.as_bytes())
+        .unwrap();
+    let out = nft.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft -f in {nat}: {}\n{ruleset}",
+        text(&out.stderr)
+    );
+}
+
+/// The UDP ports process `pid` has open in host `host`'s namespace (`ss -uanp`).
+fn udp_ports_of(lab: &Lab, host: &str, pid: u32) -> Vec<u16> {
+    let out = lab
+        .host_command(host, "ss")
+        .unwrap()
+        .args(["-uanpH"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ss: {}", text(&out.stderr));
+    let owner = format!("pid={pid},");
+    text(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&owner))
+        .filter_map(|l| {
+            // State Recv-Q Send-Q Local Peer Process
+            let local = l.split_whitespace().nth(3)?;
+            local.rsplit(':').next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Packets of the client's sockets, counted in its NAT's forward hook (so inside addresses,
+/// before masquerade and after its reversal): to and from the host's NAT (the direct path),
+/// to and from the coordinator's port (its embedded relay, and the client's requests).
+#[derive(Clone, Copy, Debug, Default)]
+struct PathCounts {
+    direct_out: u64,
+    direct_in: u64,
+    relay_out: u64,
+    relay_in: u64,
+}
+
+/// The counters' names in [`PathCounts`]' order.
+const PATH_COUNTERS: [&str; 4] = ["direct_out", "direct_in", "relay_out", "relay_in"];
+
+/// Installs [`PathCounts`]' counters (table `meshwatch`) in NAT `nat`'s namespace for the
+/// client's sockets (inside address `ip`, `ports`), the host's NAT `peer_nat` and the
+/// coordinator `coordinator`.
+fn watch_paths(
+    lab: &Lab,
+    nat: &str,
+    ip: std::net::Ipv4Addr,
+    ports: &[u16],
+    peer_nat: std::net::Ipv4Addr,
+    coordinator: std::net::Ipv4Addr,
+) {
+    let port = format!(
+        "{{ {} }}",
+        ports
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    nft_in_nat(
+        lab,
+        nat,
+        &format!(
+            "table ip meshwatch {{\n  \
+             counter direct_out {{ }}\n  counter direct_in {{ }}\n  \
+             counter relay_out {{ }}\n  counter relay_in {{ }}\n  \
+             chain forward {{ type filter hook forward priority filter - 1; policy accept;\n    \
+             ip saddr {ip} udp sport {port} ip daddr {peer_nat} counter name direct_out\n    \
+             ip daddr {ip} udp dport {port} ip saddr {peer_nat} counter name direct_in\n    \
+             ip saddr {ip} udp sport {port} ip daddr {coordinator} udp dport {COORDINATOR_PORT} \
+             counter name relay_out\n    \
+             ip daddr {ip} udp dport {port} ip saddr {coordinator} udp sport {COORDINATOR_PORT} \
+             counter name relay_in\n  }}\n}}\n"
+        ),
+    );
+}
+
+/// [`watch_paths`]' counters now, or `None` once the namespace is gone.
+fn path_counts(namespace: &str) -> Option<PathCounts> {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", namespace, "nft", "-j", "list", "counters", "table", "ip",
+        ])
+        .arg("meshwatch")
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let mut counts = [0u64; 4];
+    for item in listing["nftables"].as_array()? {
+        let counter = &item["counter"];
+        if let Some(at) = PATH_COUNTERS.iter().position(|n| counter["name"] == *n) {
+            counts[at] = counter["packets"].as_u64()?;
+        }
+    }
+    let [direct_out, direct_in, relay_out, relay_in] = counts;
+    Some(PathCounts {
+        direct_out,
+        direct_in,
+        relay_out,
+        relay_in,
+    })
+}
+
+/// Samples [`path_counts`] every 100 ms on a thread of its own until dropped.
+struct PathSampler {
+    samples: std::sync::Arc<std::sync::Mutex<Vec<(Instant, PathCounts)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PathSampler {
+    fn start(namespace: &str) -> Self {
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sink, stopped, namespace) = (samples.clone(), stop.clone(), namespace.to_owned());
+        std::thread::spawn(move || {
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                // Stamped before the read: the counts hold every packet up to then.
+                let at = Instant::now();
+                let Some(counts) = path_counts(&namespace) else {
+                    return;
+                };
+                sink.lock().unwrap().push((at, counts));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Self { samples, stop }
+    }
+
+    fn samples(&self) -> Vec<(Instant, PathCounts)> {
+        self.samples.lock().unwrap().clone()
+    }
+
+    /// The first moment at or after `from` + [`DIRECT_WINDOW`] at which the session's last
+    /// [`DIRECT_WINDOW`] (all after `from`) was direct: [`DIRECT_PACKETS`] or more from the
+    /// host's NAT, at most [`RELAY_PACKETS_WHEN_DIRECT`] from the relay.
+    fn direct_since(&self, from: Instant) -> Option<Instant> {
+        let samples = self.samples();
+        let after: Vec<_> = samples.iter().filter(|(t, _)| *t >= from).collect();
+        after.iter().enumerate().find_map(|(j, (t, now))| {
+            let (_, then) = after[..j]
+                .iter()
+                .rev()
+                .find(|(s, _)| t.duration_since(*s) >= DIRECT_WINDOW)?;
+            (now.direct_in - then.direct_in >= DIRECT_PACKETS
+                && now.relay_in - then.relay_in <= RELAY_PACKETS_WHEN_DIRECT)
+                .then_some(*t)
+        })
+    }
+
+    /// By when (as sampled) the first packet after `from` arrived directly from the host's
+    /// NAT.
+    fn first_direct_after(&self, from: Instant) -> Option<Instant> {
+        let samples = self.samples();
+        let mut after = samples.iter().filter(|(t, _)| *t >= from);
+        let base = after.next()?.1.direct_in;
+        after.find(|(_, c)| c.direct_in > base).map(|(t, _)| *t)
+    }
+
+    /// Packets from the relay to the client's sockets between `from` and `to`.
+    fn relay_in_between(&self, from: Instant, to: Instant) -> u64 {
+        let samples = self.samples();
+        let at = |when: Instant| {
+            samples
+                .iter()
+                .rev()
+                .find(|(t, _)| *t <= when)
+                .or(samples.first())
+                .map_or(0, |(_, c)| c.relay_in)
+        };
+        at(to).saturating_sub(at(from))
+    }
+
+    /// Half-second buckets from `from` to `to`: (seconds since `origin` at the bucket's end,
+    /// packets in and out on the direct path, in and out through the coordinator's port).
+    fn timeline(&self, origin: Instant, from: Instant, to: Instant) -> Vec<String> {
+        let samples = self.samples();
+        let mut buckets = Vec::new();
+        let mut start = from;
+        while start < to {
+            let end = start + Duration::from_millis(500);
+            let at = |when: Instant| {
+                samples
+                    .iter()
+                    .rev()
+                    .find(|(t, _)| *t <= when)
+                    .map(|(_, c)| *c)
+                    .unwrap_or_default()
+            };
+            let (a, b) = (at(start), at(end));
+            buckets.push(format!(
+                "{:5.1}: direct {}/{} relay {}/{}",
+                end.duration_since(origin).as_secs_f64(),
+                b.direct_in - a.direct_in,
+                b.direct_out - a.direct_out,
+                b.relay_in - a.relay_in,
+                b.relay_out - a.relay_out,
+            ));
+            start = end;
+        }
+        buckets
+    }
+}
+
+impl Drop for PathSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A child process killed (and reaped) when dropped, so a failing test leaves none behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Lines of a pipe as they arrive, each with when it was read.
+type Stamped = std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>;
+
+fn read_stamped(pipe: impl Read + Send + 'static) -> Stamped {
+    let lines: Stamped = std::sync::Arc::default();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push((Instant::now(), line));
+        }
+    });
+    lines
+}
+
+/// The longest wait between two lines read in `[from, to]` (counting from the last line
+/// before `from`), and the line it ended at.
+fn longest_gap(lines: &[(Instant, String)], from: Instant, to: Instant) -> (Duration, String) {
+    let mut gap = (Duration::ZERO, String::new());
+    for pair in lines.windows(2) {
+        let ((before, _), (after, line)) = (&pair[0], &pair[1]);
+        if *after >= from && *before <= to && after.duration_since(*before) > gap.0 {
+            gap = (after.duration_since(*before), line.clone());
+        }
+    }
+    gap
+}
+
+#[test]
+fn namespace_a_direct_session_survives_the_clients_router_flushing_conntrack_and_goes_direct_again()
+{
+    if lab_unsupported() {
+        return;
+    }
+    if Command::new("conntrack").arg("--version").output().is_err() {
+        skip_test("`conntrack` is not installed (the conntrack package)");
+        return;
+    }
+    let started = Instant::now();
+    let mut mesh = LabMesh::start(TWO_MASQUERADES_TOPOLOGY, "laptop");
+    mesh.add_host("edge");
+    let site = mesh.lab.nat_external_ip("site").unwrap();
+    let home = mesh.lab.nat_external_ip("home").unwrap();
+    let laptop = mesh.lab.host_ip("laptop").unwrap();
+    let hub = mesh.lab.host_ip("hub").unwrap();
+    let at_site = format!("{site}:{AGENT_PORT}");
+
+    // The sites reach each other directly.
+    let out = mesh.admin(&["exec", "edge", "--login", "root", "--", "echo", "hello"]);
+    assert_exec(&mesh, "mesh exec edge -- echo hello", &out, b"hello\n");
+    let report = mesh.admin_json(&["path", "edge", "--json"]);
+    assert_eq!(
+        report["path"],
+        "direct",
+        "{report:#}\n{}",
+        mesh.daemon_logs()
+    );
+
+    // The session: a numbered line every 100 ms.
+    let script = format!("for i in $(seq 1 {FLUSH_LINES}); do echo $i; sleep 0.1; done");
+    let mut command = mesh.command(
+        "laptop",
+        "admin",
+        &["exec", "edge", "--login", "root", "--", &script],
+    );
+    command
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let session_started = Instant::now();
+    let mut session = KillOnDrop(command.spawn().unwrap());
+    let lines = read_stamped(session.0.stdout.take().unwrap());
+    let log = read_stamped(session.0.stderr.take().unwrap());
+    let since = |t: Instant| t.duration_since(session_started).as_secs_f64();
+    let context = |what: &str| {
+        let stamped = |lines: &Stamped| {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(t, l)| format!("{:7.3} {l}", since(*t)))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        format!(
+            "{what}\n--- session stdout (seconds since start):\n{}\n--- session stderr:\n{}\n{}",
+            stamped(&lines),
+            stamped(&log),
+            mesh.daemon_logs()
+        )
+    };
+
+    // The session's UDP sockets: its path socket (the direct path, and its requests to the
+    // coordinator), which has a flow to the host's NAT, and its relay connection's.
+    let mut ports = Vec::new();
+    let mut port = None;
+    wait_until(
+        "the session's path socket",
+        || {
+            let flows = udp_flows(&mesh.lab, "home");
+            ports = udp_ports_of(&mesh.lab, "laptop", session.0.id());
+            port = ports.iter().copied().find(|p| {
+                let from = format!("{laptop}:{p}");
+                flows
+                    .iter()
+                    .any(|f| f.original == (from.clone(), at_site.clone()))
+            });
+            port.is_some()
+        },
+        || context("no UDP socket of the session sends to the host's NAT"),
+    );
+    let port = port.unwrap();
+    eprintln!("the session's UDP sockets: {ports:?}; the path socket's port {port}");
+    watch_paths(&mesh.lab, "home", laptop, &ports, site, hub);
+    let sampler = PathSampler::start(mesh.lab.nat_namespace("home").unwrap());
+    let socket = std::net::SocketAddrV4::new(laptop, port);
+    let mapping = |nat_flows: &[Flow]| {
+        nat_flows
+            .iter()
+            .find(|f| f.original == (socket.to_string(), at_site.clone()))
+            .map(|f| f.reply.1.clone())
+    };
+
+    // Direct: the host's packets reach the session's socket from the host's NAT, not the relay.
+    let mut went_direct = None;
+    wait_until(
+        "the session goes direct",
+        || {
+            went_direct = sampler.direct_since(session_started);
+            went_direct.is_some()
+        },
+        || context("the session did not go direct"),
+    );
+    let went_direct = went_direct.unwrap();
+    let before = mapping(&udp_flows(&mesh.lab, "home"))
+        .unwrap_or_else(|| panic!("{}", context("no conntrack entry for the direct path")));
+    assert_eq!(before, format!("{home}:{port}"), "{}", context("mapping"));
+
+    // 1. A plain flush: `masquerade` keeps the port, so the mapping comes back as it was.
+    let flushed = Instant::now();
+    flush_conntrack(&mesh.lab, "home");
+    let mut after_plain = None;
+    wait_until(
+        "the direct path's mapping is made again",
+        || {
+            after_plain = mapping(&udp_flows(&mesh.lab, "home"));
+            after_plain.is_some()
+        },
+        || context("no new mapping after the plain flush"),
+    );
+    let after_plain = after_plain.unwrap();
+    let mut direct_after_plain = None;
+    wait_until(
+        "the session is direct after the plain flush",
+        || {
+            direct_after_plain = sampler.direct_since(flushed);
+            direct_after_plain.is_some()
+        },
+        || context("not direct after the plain flush"),
+    );
+    let direct_after_plain = direct_after_plain.unwrap();
+    // Two more seconds of output before the next flush.
+    std::thread::sleep(Duration::from_secs(2));
+
+    // 2. The mapping really changes: each of the session's sockets is masqueraded to a port
+    // of its own outside the kernel's ephemeral range from now on (so each still maps
+    // endpoint-independently), and the table is flushed again.
+    let moves: Vec<(u16, u16)> = ports.iter().zip(20_000..).map(|(p, q)| (*p, q)).collect();
+    let new_port = moves.iter().find(|(p, _)| *p == port).unwrap().1;
+    let rules: String = moves
+        .iter()
+        .map(|(from, to)| {
+            format!(
+                "insert rule ip meshlab postrouting oifname \"wan\" ip saddr {laptop} udp \
+                 sport {from} masquerade to :{to}\n"
+            )
+        })
+        .collect();
+    nft_in_nat(&mesh.lab, "home", &rules);
+    let moved = Instant::now();
+    let log_before_move = log.lock().unwrap().len();
+    flush_conntrack(&mesh.lab, "home");
+    let mut back_direct = None;
+    wait_until(
+        "the session is direct again after its mapping moved",
+        || {
+            back_direct = sampler.direct_since(moved);
+            back_direct.is_some()
+        },
+        || context("not direct again after the mapping moved"),
+    );
+    let back_direct = back_direct.unwrap();
+    let moved_to = mapping(&udp_flows(&mesh.lab, "home"));
+    assert_eq!(
+        moved_to,
+        Some(format!("{home}:{new_port}")),
+        "{}",
+        context("the direct path's mapping after the move")
+    );
+    // Every flow of the session's sockets left from its new port.
+    let home_flows = udp_flows(&mesh.lab, "home");
+    for (from, to) in &moves {
+        let inside = format!("{laptop}:{from}");
+        let outside = format!("{home}:{to}");
+        let flows: Vec<&Flow> = home_flows
+            .iter()
+            .filter(|f| f.original.0 == inside)
+            .collect();
+        assert!(
+            !flows.is_empty() && flows.iter().all(|f| f.reply.1 == outside),
+            "{}",
+            context(&format!("{inside} is not mapped to {outside}: {flows:?}"))
+        );
+    }
+    // The host's NAT sees the session at its new address.
+    let site_flows = udp_flows(&mesh.lab, "site");
+    let new_addr = format!("{home}:{new_port}");
+    assert!(
+        site_flows
+            .iter()
+            .any(|f| f.original.1 == new_addr || f.original.0 == new_addr),
+        "{}",
+        context(&format!(
+            "the host's NAT never saw {new_addr}: {site_flows:?}"
+        ))
+    );
+    let relayed_meanwhile = sampler.relay_in_between(moved, back_direct);
+    let first_direct = sampler.first_direct_after(moved).unwrap();
+
+    // The whole stream arrives, once each and in order.
+    let deadline = session_started + FLUSH_SESSION_LIMIT;
+    let status = loop {
+        if let Some(status) = session.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            context(&format!(
+                "the session still runs after {FLUSH_SESSION_LIMIT:?}"
+            ))
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The readers see the pipes close once the process has gone.
+    std::thread::sleep(Duration::from_millis(200));
+    let ended = Instant::now();
+    let numbers: Vec<String> = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, l)| l.clone())
+        .collect();
+    let want: Vec<String> = (1..=FLUSH_LINES).map(|n| n.to_string()).collect();
+    assert!(
+        status.success() && numbers == want,
+        "{}",
+        context(&format!("exit {status:?}, {} lines", numbers.len()))
+    );
+
+    // Still direct between the sites, and the session's client said what happened.
+    let report = mesh.admin_json(&["path", "edge", "--json"]);
+    assert_eq!(report["path"], "direct", "{report:#}\n{}", context(""));
+    assert_eq!(report["remote_addr"], at_site.as_str(), "{report:#}");
+    let moved_log: Vec<(Instant, String)> = log.lock().unwrap()[log_before_move..].to_vec();
+    let logged = |what: &str| {
+        moved_log
+            .iter()
+            .find(|(_, l)| l.contains(what))
+            .map(|(t, _)| t.duration_since(moved).as_secs_f64())
+    };
+    let failed_at = logged("a direct path failed; the relay takes over");
+    let asked_at = logged("asked for another rendezvous");
+    assert!(
+        failed_at.is_some() && asked_at.is_some(),
+        "{}",
+        context("the client did not log the failure and the new rendezvous")
+    );
+    assert!(
+        relayed_meanwhile >= DIRECT_PACKETS,
+        "{}",
+        context(&format!(
+            "only {relayed_meanwhile} packets came through the relay while the path was down"
+        ))
+    );
+
+    let stamped = lines.lock().unwrap().clone();
+    let stall_plain = longest_gap(&stamped, flushed, direct_after_plain);
+    let stall_moved = longest_gap(&stamped, moved, back_direct);
+    assert!(
+        stall_plain.0.max(stall_moved.0) < FLUSH_STALL_LIMIT,
+        "{}",
+        context(&format!(
+            "the output stalled {:?} at the plain flush, {:?} when the mapping moved",
+            stall_plain.0, stall_moved.0
+        ))
+    );
+    assert!(
+        back_direct.duration_since(moved) < BACK_TO_DIRECT_LIMIT,
+        "{}",
+        context(&format!(
+            "direct again only {:?} after the mapping moved",
+            back_direct.duration_since(moved)
+        ))
+    );
+    let agent_log = mesh.daemon_log("agent edge");
+    let agent_failed: Vec<&str> = agent_log
+        .lines()
+        .filter(|l| l.contains("a direct path failed"))
+        .collect();
+    eprintln!(
+        "session direct at {:.2} s\n\
+         plain flush at {:.2} s: the mapping {before} came back as {after_plain}; direct (a \
+         full window) again {:.2} s later; longest wait between lines {:?} (line {})\n\
+         moved flush at {:.2} s: the mapping went to {moved_to:?}; the client logged the \
+         failure {failed_at:?} s and the rendezvous {asked_at:?} s after it; the first packet \
+         directly from the host {:.2} s after it, direct for a full window {:.2} s after it \
+         ({relayed_meanwhile} packets from the relay meanwhile); longest wait between lines \
+         {:?} (line {})\n\
+         session's whole output in {:.2} s; whole test {:?}\n\
+         timeline (packets in/out per half second):\n{}\n\
+         the agent's failures: {agent_failed:#?}\n\
+         session stderr:\n{}",
+        since(went_direct),
+        since(flushed),
+        direct_after_plain.duration_since(flushed).as_secs_f64(),
+        stall_plain.0,
+        stall_plain.1,
+        since(moved),
+        first_direct.duration_since(moved).as_secs_f64(),
+        back_direct.duration_since(moved).as_secs_f64(),
+        stall_moved.0,
+        stall_moved.1,
+        since(ended),
+        started.elapsed(),
+        sampler
+            .timeline(
+                session_started,
+                flushed - Duration::from_secs(1),
+                back_direct + Duration::from_secs(1)
+            )
+            .join("\n"),
+        log.lock()
+            .unwrap()
+            .iter()
+            .map(|(t, l)| format!("{:7.3} {l}", since(*t)))
+            .collect::<Vec<_>>()
+            .join("\n"),
     );
 }
