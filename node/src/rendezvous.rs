@@ -180,6 +180,7 @@ pub async fn keep_direct(
                 .path_info(host_key)
                 .is_some_and(|info| matches!(info.path, crate::path::state::Path::Direct(_)));
             if direct {
+                tracing::info!(%host, "the path to the host is direct again");
                 break;
             }
             backoff = (backoff * 2).min(MAX_REPUNCH_BACKOFF);

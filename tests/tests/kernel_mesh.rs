@@ -56,52 +56,46 @@ const RELAY_PORT: u16 = 7402;
 /// How long any one `mesh` command may run before it is killed and the test fails.
 const COMMAND_LIMIT: Duration = Duration::from_secs(30);
 
+/// Two sites: a host `edge` behind the NAT `site` of kind `site_kind`, a client `laptop`
+/// behind the NAT `home` (of kind `home_kind`, dropping all UDP it would forward if
+/// `block_udp`), the coordinator on `hub`, and `extra` public hosts.
+fn two_sites(
+    site_kind: &str,
+    home: &str,
+    home_kind: &str,
+    block_udp: bool,
+    extra: &[&str],
+) -> String {
+    let mut toml = format!(
+        "[[nat]]\nname = \"site\"\nkind = \"{site_kind}\"\n\n\
+         [[nat]]\nname = \"{home}\"\nkind = \"{home_kind}\"\nblock_udp = {block_udp}\n\n\
+         [[host]]\nname = \"hub\"\n\n"
+    );
+    for host in extra {
+        toml.push_str(&format!("[[host]]\nname = \"{host}\"\n\n"));
+    }
+    toml.push_str(&format!(
+        "[[host]]\nname = \"edge\"\nbehind = \"site\"\n\n\
+         [[host]]\nname = \"laptop\"\nbehind = \"{home}\"\n"
+    ));
+    toml
+}
+
 /// The relay case: host and client each behind `masquerade random`.
-const RELAY_TOPOLOGY: &str = r#"
-[[nat]]
-name = "site"
-kind = "symmetric-random"
-
-[[nat]]
-name = "home"
-kind = "symmetric-random"
-
-[[host]]
-name = "hub"
-
-[[host]]
-name = "edge"
-behind = "site"
-
-[[host]]
-name = "laptop"
-behind = "home"
-"#;
+fn relay_topology() -> String {
+    two_sites("symmetric-random", "home", "symmetric-random", false, &[])
+}
 
 /// The relay case with a standalone relay on a public host of its own.
-const STANDALONE_RELAY_TOPOLOGY: &str = r#"
-[[nat]]
-name = "site"
-kind = "symmetric-random"
-
-[[nat]]
-name = "home"
-kind = "symmetric-random"
-
-[[host]]
-name = "hub"
-
-[[host]]
-name = "relay"
-
-[[host]]
-name = "edge"
-behind = "site"
-
-[[host]]
-name = "laptop"
-behind = "home"
-"#;
+fn standalone_relay_topology() -> String {
+    two_sites(
+        "symmetric-random",
+        "home",
+        "symmetric-random",
+        false,
+        &["relay"],
+    )
+}
 
 /// The direct case: a host behind a full-cone NAT, a public client.
 const DIRECT_TOPOLOGY: &str = r#"
@@ -122,74 +116,22 @@ name = "pub"
 
 /// The TCP case: a host behind a port-restricted NAT, the admin's device behind one that drops
 /// all UDP it would forward (TCP passes).
-const UDP_BLOCKED_TOPOLOGY: &str = r#"
-[[nat]]
-name = "site"
-kind = "port-restricted"
-
-[[nat]]
-name = "firewall"
-kind = "port-restricted"
-block_udp = true
-
-[[host]]
-name = "hub"
-
-[[host]]
-name = "edge"
-behind = "site"
-
-[[host]]
-name = "laptop"
-behind = "firewall"
-"#;
+fn udp_blocked_topology() -> String {
+    two_sites("port-restricted", "firewall", "port-restricted", true, &[])
+}
 
 /// Hole punching between two port-restricted cones: host and client each behind its own plain
 /// `masquerade` (endpoint-independent mapping with the port kept, address-and-port-dependent
 /// filtering).
-const TWO_MASQUERADES_TOPOLOGY: &str = r#"
-[[nat]]
-name = "site"
-kind = "port-restricted"
-
-[[nat]]
-name = "home"
-kind = "port-restricted"
-
-[[host]]
-name = "hub"
-
-[[host]]
-name = "edge"
-behind = "site"
-
-[[host]]
-name = "laptop"
-behind = "home"
-"#;
+fn two_masquerades_topology() -> String {
+    two_sites("port-restricted", "home", "port-restricted", false, &[])
+}
 
 /// Birthday probing: the host behind a symmetric NAT with random ports (`masquerade
 /// fully-random`), the client behind a plain `masquerade`.
-const BIRTHDAY_TOPOLOGY: &str = r#"
-[[nat]]
-name = "site"
-kind = "symmetric-random"
-
-[[nat]]
-name = "home"
-kind = "port-restricted"
-
-[[host]]
-name = "hub"
-
-[[host]]
-name = "edge"
-behind = "site"
-
-[[host]]
-name = "laptop"
-behind = "home"
-"#;
+fn birthday_topology() -> String {
+    two_sites("symmetric-random", "home", "port-restricted", false, &[])
+}
 
 /// Skips (or fails under CI) when the lab cannot run here.
 fn lab_unsupported() -> bool {
@@ -449,7 +391,7 @@ fn namespace_exec_works_through_the_relay_between_two_symmetric_nats_and_path_sa
         return;
     }
     let started = Instant::now();
-    let mut mesh = LabMesh::start(RELAY_TOPOLOGY, "laptop");
+    let mut mesh = LabMesh::start(&relay_topology(), "laptop");
     mesh.add_host("edge");
     let ready = started.elapsed();
     let coordinator = mesh.coordinator_addr();
@@ -551,7 +493,7 @@ fn namespace_exec_between_two_symmetric_nats_goes_through_the_standalone_relay_t
         return;
     }
     let started = Instant::now();
-    let mut mesh = LabMesh::start(STANDALONE_RELAY_TOPOLOGY, "laptop");
+    let mut mesh = LabMesh::start(&standalone_relay_topology(), "laptop");
     mesh.add_host("edge");
     mesh.add_relay("relay", "relay-eu");
     let ready = started.elapsed();
@@ -773,7 +715,7 @@ fn namespace_a_client_whose_router_drops_all_udp_enrolls_lists_hosts_and_execs_o
         return;
     }
     let started = Instant::now();
-    let (mut mesh, token) = LabMesh::serve(UDP_BLOCKED_TOPOLOGY, "laptop");
+    let (mut mesh, token) = LabMesh::serve(&udp_blocked_topology(), "laptop");
     let coordinator = mesh.coordinator_addr();
     let firewall = mesh.lab.nat_external_ip("firewall").unwrap().to_string();
     let site = mesh.lab.nat_external_ip("site").unwrap().to_string();
@@ -1069,7 +1011,7 @@ fn namespace_two_hosts_behind_their_own_masquerade_nats_go_direct_and_the_relay_
         return;
     }
     let started = Instant::now();
-    let mut mesh = LabMesh::start(TWO_MASQUERADES_TOPOLOGY, "laptop");
+    let mut mesh = LabMesh::start(&two_masquerades_topology(), "laptop");
     let site = mesh.lab.nat_external_ip("site").unwrap();
     let home = mesh.lab.nat_external_ip("home").unwrap();
     count_coordinator_traffic(&mesh.lab, &[site, home]);
@@ -1180,7 +1122,7 @@ fn namespace_a_port_restricted_client_reaches_a_host_behind_masquerade_random_by
         return;
     }
     let started = Instant::now();
-    let mut mesh = LabMesh::start(BIRTHDAY_TOPOLOGY, "laptop");
+    let mut mesh = LabMesh::start(&birthday_topology(), "laptop");
     mesh.add_host("edge");
     let site = mesh.lab.nat_external_ip("site").unwrap().to_string();
 
@@ -1581,7 +1523,7 @@ fn namespace_a_direct_session_survives_the_clients_router_flushing_conntrack_and
         return;
     }
     let started = Instant::now();
-    let mut mesh = LabMesh::start(TWO_MASQUERADES_TOPOLOGY, "laptop");
+    let mut mesh = LabMesh::start(&two_masquerades_topology(), "laptop");
     mesh.add_host("edge");
     let site = mesh.lab.nat_external_ip("site").unwrap();
     let home = mesh.lab.nat_external_ip("home").unwrap();
