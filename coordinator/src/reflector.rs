@@ -4,15 +4,18 @@
 //! ([`mesh_proto::nat::check_port`]). A node pings both from one socket and compares the two
 //! addresses ([`mesh_proto::nat::classify`]).
 //!
-//! A pong is no bigger than its ping and goes only to the ping's source, so the reflector
-//! cannot amplify a flood; a budget ([`ANSWERS_PER_SEC`]) bounds the signatures it spends.
+//! A pong is a few dozen bytes more than its ping and goes only to the ping's source; a ping
+//! must be signed by an enrolled-looking key and fresh (within the probe window), and budgets
+//! bound the work: [`CHECKS_PER_SEC`] signature checks and [`ANSWERS_PER_SEC`] answers a
+//! second. A flood of junk can use up the first and leave nodes' NAT checks `unknown` for a
+//! while (they then punch with their candidates only), never the coordinator's CPU.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use mesh_proto::probe::{Probe, ProbeKind, is_probe};
+use mesh_proto::probe::{PROBE_WINDOW, Probe, ProbeKind, is_probe};
 use mesh_proto::socket::DatagramSocket;
 use mesh_proto::{Clock, SecretKey};
 use tokio::time::Instant;
@@ -23,12 +26,18 @@ use crate::relay::{RelayLimits, TokenBucket};
 pub const ANSWERS_PER_SEC: u64 = 2000;
 /// Pongs in one burst.
 pub const ANSWER_BURST: u64 = 4000;
+/// Signature checks per second, sustained (about half a core), and in one burst: pings that
+/// fail the check cost this budget and not [`ANSWERS_PER_SEC`].
+pub const CHECKS_PER_SEC: u64 = 10_000;
+/// Signature checks in one burst.
+pub const CHECK_BURST: u64 = 20_000;
 
 /// Answers NAT-check pings as the coordinator's key.
 #[derive(Debug)]
 pub struct Reflector {
     key: SecretKey,
     clock: Arc<dyn Clock>,
+    checks: Mutex<TokenBucket>,
     budget: Mutex<TokenBucket>,
 }
 
@@ -39,26 +48,38 @@ impl Reflector {
             bytes_per_sec: ANSWERS_PER_SEC,
             burst: ANSWER_BURST,
         };
+        let check_limits = RelayLimits {
+            bytes_per_sec: CHECKS_PER_SEC,
+            burst: CHECK_BURST,
+        };
         Arc::new(Self {
             key,
             clock,
+            checks: Mutex::new(TokenBucket::new(check_limits, Instant::now())),
             budget: Mutex::new(TokenBucket::new(limits, Instant::now())),
         })
     }
 
-    /// The pong for `datagram` from `from`, if it is a ping for us with a valid signature
-    /// and the budget allows.
+    /// The pong for `datagram` from `from`, if it is a fresh ping for us with a valid
+    /// signature and the budgets allow.
     pub fn answer(&self, datagram: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
-        let within_budget = self
-            .budget
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take(1, Instant::now());
-        if !within_budget {
+        let take = |bucket: &Mutex<TokenBucket>| {
+            bucket
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(1, Instant::now())
+        };
+        if !take(&self.checks) {
             return None;
         }
         let ping = Probe::open(datagram, self.key.node_id()).ok()?;
-        if ping.kind != ProbeKind::Ping {
+        let now = self.clock.now();
+        let fresh = ping
+            .sent_at
+            .duration_since(now)
+            .or_else(|| now.duration_since(ping.sent_at))
+            .is_some_and(|apart| apart <= PROBE_WINDOW);
+        if ping.kind != ProbeKind::Ping || !fresh || !take(&self.budget) {
             return None;
         }
         let pong = Probe {
@@ -200,6 +221,14 @@ mod tests {
             ..ping.clone()
         };
         assert!(reflector.answer(&pong_in.seal(&node), from).is_none());
+        // A recorded ping an hour old: no answer.
+        let stale = Probe {
+            sent_at: SystemClock
+                .now()
+                .saturating_sub(std::time::Duration::from_secs(3600)),
+            ..ping.clone()
+        };
+        assert!(reflector.answer(&stale.seal(&node), from).is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -213,5 +242,20 @@ mod tests {
         assert_eq!(answered as u64, ANSWER_BURST);
         tokio::time::advance(std::time::Duration::from_secs(1)).await;
         assert!(reflector.answer(&ping, from).is_some(), "refilled");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forged_pings_do_not_use_up_the_answers() {
+        let (reflector, _, node, ping) = setup();
+        let forger = SecretKey::from_seed(&[9; 32]);
+        let forged = ping.seal(&forger);
+        let from: SocketAddr = "198.51.100.4:40000".parse().unwrap();
+        for _ in 0..ANSWER_BURST * 2 {
+            assert!(reflector.answer(&forged, from).is_none());
+        }
+        assert!(
+            reflector.answer(&ping.seal(&node), from).is_some(),
+            "a genuine ping is still answered"
+        );
     }
 }

@@ -162,10 +162,7 @@ impl TestCoordinator {
             .prefix("mesh-coord-")
             .tempdir()
             .expect("temp home");
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("free port")
-            .port();
+        let port = coordinator_port();
         let addr = format!("127.0.0.1:{port}");
         let out = run_in(
             &home.path().join("c"),
@@ -209,6 +206,28 @@ impl TestCoordinator {
     pub fn log(&self) -> String {
         self.serve.as_ref().map(Daemon::log).unwrap_or_default()
     }
+}
+
+/// A loopback port a coordinator can serve on: UDP and TCP on it and UDP on the next (its NAT
+/// check port) all free now. Taken from below the kernel's ephemeral range (32,768 and up),
+/// where other tests' connections take their ports, so a port free now stays free until the
+/// coordinator binds it (barring another test picking the same one, which the random start
+/// makes unlikely).
+fn coordinator_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let start = hasher.finish();
+    for attempt in 0..2000u64 {
+        let port = 20_000 + u16::try_from((start + attempt * 7) % 10_000).unwrap_or(0);
+        let free = std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port + 1)).is_ok();
+        if free {
+            return port;
+        }
+    }
+    panic!("no free loopback port for a coordinator in 20000-29999");
 }
 
 /// A serving coordinator with its first admin's device enrolled.

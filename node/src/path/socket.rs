@@ -169,6 +169,9 @@ struct Peer {
     pings_sent: u64,
     /// Punch rounds sent to it.
     punch_rounds: u64,
+    /// When the punch under way toward it ends (one at a time: a rendezvous asked for again
+    /// and again adds candidates, not sprays).
+    punch_ends: Option<Instant>,
     /// How its NAT maps, as the coordinator passed on.
     nat: Option<NatMapping>,
 }
@@ -184,7 +187,17 @@ impl Peer {
             relay_bytes: 0,
             pings_sent: 0,
             punch_rounds: 0,
+            punch_ends: None,
             nat: None,
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The readers hold their sockets: they end with the path socket.
+        for extra in self.extras.values() {
+            extra.reader.abort();
         }
     }
 }
@@ -316,6 +329,21 @@ impl Inner {
         let peers = &self.peers;
         self.owners
             .retain(|route, id| peers.get(id).is_some_and(|p| p.paths.has_candidate(*route)));
+        // An extra socket kept for a path that has since expired serves nobody.
+        let unused: Vec<Via> = self
+            .extras
+            .iter()
+            .filter(|(via, extra)| {
+                self.peers.get(&extra.peer).is_none_or(|p| {
+                    let punching = p.punch_ends.is_some_and(|ends| now < ends);
+                    !punching && !p.paths.uses_via(**via)
+                })
+            })
+            .map(|(via, _)| *via)
+            .collect();
+        for via in unused {
+            self.close_extra(via);
+        }
     }
 
     /// The first entry of `key` (the dialed one if any), for reports.
@@ -699,9 +727,15 @@ impl PathSocket {
                 }
                 let nonce = self.next_nonce();
                 nonces.push(nonce);
-                self.lock()
+                let mut inner = self.lock();
+                // Checks given up (their future dropped) leave entries nobody waits for.
+                inner
+                    .nat_checks
+                    .retain(|_, (_, _, waiting)| !waiting.is_closed());
+                inner
                     .nat_checks
                     .insert(nonce, (coordinator, which, tx.clone()));
+                drop(inner);
                 self.send_ping(coordinator, Route::primary(*to), nonce);
             }
         }
@@ -749,6 +783,8 @@ impl PathSocket {
             return;
         };
         let addrs: Vec<SocketAddr> = target.addrs.iter().map(|a| to_v4(*a)).collect();
+        let start = target.start.clamp(now, now + punch::MAX_START_DELAY);
+        let mut under_way = false;
         if let Some(peer) = inner.peers.get_mut(&id) {
             peer.nat = Some(target.nat);
             peer.last_active = now;
@@ -756,14 +792,25 @@ impl PathSocket {
                 peer.paths
                     .add_candidate(Route::primary(*addr), Source::Listed, now);
             }
+            under_way = peer.punch_ends.is_some_and(|ends| now < ends);
+            if !under_way {
+                peer.punch_ends = Some(start + punch::PUNCH_WINDOW);
+            }
         }
         for addr in &addrs {
-            inner.owners.insert(Route::primary(*addr), id);
+            // As for a ping: an address the peer only claims never takes a route from
+            // another peer (a pong to our own ping there does).
+            inner.owners.entry(Route::primary(*addr)).or_insert(id);
+        }
+        if under_way {
+            // The new candidates are pinged by the driver (and the punch's next rounds).
+            drop(inner);
+            self.wake_driver.notify_one();
+            return;
         }
         inner.counters.punches += 1;
         let steps = punch::plan(inner.own_nat, target.nat, &addrs);
         drop(inner);
-        let start = target.start.clamp(now, now + punch::MAX_START_DELAY);
         tracing::debug!(peer = %target.peer.short(), ?steps, "punching");
         tokio::spawn(run_punch(Arc::downgrade(self), id, steps, start));
     }
@@ -813,8 +860,9 @@ impl PathSocket {
             };
             for route in routes {
                 let nonce = self.next_nonce();
-                peer.paths.spray_sent(route, nonce, now);
-                pings.push((route, nonce));
+                if peer.paths.spray_sent(route, nonce, now) {
+                    pings.push((route, nonce));
+                }
             }
             peer.pings_sent += pings.len() as u64;
         }

@@ -70,8 +70,9 @@ const MAX_OUTSTANDING: usize = 8;
 /// A ping from an unconfirmed candidate is answered with a ping of our own at once (the
 /// peer's NAT has just opened toward us), unless we pinged it this recently.
 pub const PING_BACK_AFTER: Duration = Duration::from_millis(100);
-/// Sprayed pings remembered per peer (birthday probing sends about a thousand).
-pub const MAX_SPRAYS: usize = 2048;
+/// Sprayed pings remembered per peer: a punch sends at most 2 × 1,024 random ports and 4 × 64
+/// predicted ones (beyond this, a spray is not sent at all).
+pub const MAX_SPRAYS: usize = 4608;
 /// Another confirmed direct path replaces the current one only if its round trip is shorter
 /// by at least this share of the current one...
 pub const SWITCH_GAIN: f64 = 0.2;
@@ -336,11 +337,14 @@ impl PeerPaths {
     }
 
     /// Records a ping sprayed at `addr` (not a candidate yet: a pong makes it one).
-    pub fn spray_sent(&mut self, addr: Route, nonce: [u8; 16], now: Instant) {
+    /// Returns whether it was recorded (a ping whose pong could not confirm anything is
+    /// not worth sending).
+    pub fn spray_sent(&mut self, addr: Route, nonce: [u8; 16], now: Instant) -> bool {
         if self.sprays.len() >= MAX_SPRAYS {
-            return;
+            return false;
         }
         self.sprays.insert(nonce, (addr, now));
+        true
     }
 
     /// Forgets the sprayed pings (a punch is over: late pongs to them mean nothing).
@@ -470,11 +474,21 @@ impl PeerPaths {
 
     /// The path to use now, updating the current choice (see the module docs).
     pub fn choose(&mut self, now: Instant) -> Path {
-        // A confirmed path gone silent under traffic has failed: the relay takes over now.
-        for candidate in self.candidates.values_mut() {
+        // The path in use gone silent under traffic has failed: the relay takes over now. A
+        // path no longer in use (a client's old address after it moved) is not a failure:
+        // what it went without is forgotten, and its heartbeats tell whether it lives.
+        let current = match self.current {
+            Path::Direct(route) | Path::Guess(route) => Some(route),
+            _ => None,
+        };
+        for (route, candidate) in &mut self.candidates {
             if candidate.last_pong.is_some() && candidate.silent(now) {
-                candidate.fail(now);
-                self.failures += 1;
+                if Some(*route) == current {
+                    candidate.fail(now);
+                    self.failures += 1;
+                } else {
+                    candidate.unanswered_since = None;
+                }
             }
         }
         // A path in doubt (unanswered under traffic) is passed over while one that answers is
@@ -575,6 +589,11 @@ impl PeerPaths {
             .collect();
         all.sort_unstable();
         all
+    }
+
+    /// Whether any candidate leaves from the socket `via`.
+    pub fn uses_via(&self, via: Via) -> bool {
+        self.candidates.keys().any(|route| route.via == via)
     }
 
     /// Forgets every candidate and spray on the socket `via` (it was closed).
@@ -800,6 +819,27 @@ mod tests {
             Path::Direct(new),
             "no waiting out the silence limit"
         );
+        assert_eq!(paths.changes(), (1, 0));
+    }
+
+    #[test]
+    fn an_old_address_left_behind_is_not_counted_as_a_failure() {
+        let t0 = Instant::now();
+        let mut paths = PeerPaths::default();
+        paths.set_relay(true);
+        let (old, new) = (addr(1), addr(2));
+        paths.add_candidate(old, Source::PeerReflexive, t0);
+        confirm(&mut paths, old, 1, t0, Duration::from_millis(20));
+        paths.choose(t0);
+        paths.quic_sent(old, t0);
+        paths.quic_sent(old, t0 + LIVENESS_AFTER);
+        paths.ping_sent(old, [5; 16], t0 + LIVENESS_AFTER);
+        let moved = t0 + LIVENESS_AFTER;
+        paths.ping_received(new, moved);
+        confirm(&mut paths, new, 2, moved, Duration::from_millis(20));
+        assert_eq!(paths.choose(moved), Path::Direct(new));
+        // Long after, the old address's silence is no failure of the path in use.
+        assert_eq!(paths.choose(t0 + Duration::from_secs(5)), Path::Direct(new));
         assert_eq!(paths.changes(), (1, 0));
     }
 
