@@ -917,26 +917,7 @@ fn count_coordinator_traffic(lab: &Lab, peers: &[std::net::Ipv4Addr]) {
          meta l4proto {{ tcp, udp }} th sport {COORDINATOR_PORT} ip daddr {{ {peers} }} \
          counter name from_coordinator\n  }}\n}}\n"
     );
-    let mut nft = lab
-        .host_command("hub", "nft")
-        .unwrap()
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    nft.stdin
-        .take()
-        .unwrap()
-        .write_all(ruleset.as_bytes())
-        .unwrap();
-    let out = nft.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "nft -f in hub: {}\n{ruleset}",
-        text(&out.stderr)
-    );
+    load_ruleset(lab.host_command("hub", "nft").unwrap(), "hub", &ruleset);
 }
 
 /// Bytes counted so far by [`count_coordinator_traffic`]'s counters: (to the coordinator's
@@ -1245,9 +1226,13 @@ fn flush_conntrack(lab: &Lab, nat: &str) {
 
 /// Loads `ruleset` (nftables text) into NAT `nat`'s namespace.
 fn nft_in_nat(lab: &Lab, nat: &str, ruleset: &str) {
-    let mut nft = lab
-        .nat_command(nat, "nft")
-        .unwrap()
+    load_ruleset(lab.nat_command(nat, "nft").unwrap(), nat, ruleset);
+}
+
+/// Runs `nft` (a command already placed in a namespace, named `place` in errors) with
+/// `ruleset` on its stdin; the test fails if nft refuses it.
+fn load_ruleset(mut nft: Command, place: &str, ruleset: &str) {
+    let mut nft = nft
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -1262,7 +1247,7 @@ fn nft_in_nat(lab: &Lab, nat: &str, ruleset: &str) {
     let out = nft.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "nft -f in {nat}: {}\n{ruleset}",
+        "nft -f in {place}: {}\n{ruleset}",
         text(&out.stderr)
     );
 }
